@@ -1,0 +1,566 @@
+// SPDX-License-Identifier: Apache-2.0
+pragma solidity ^0.8.24;
+
+import {IERC20} from "@openzeppelin/contracts/token/ERC20/IERC20.sol";
+import {SafeERC20} from "@openzeppelin/contracts/token/ERC20/utils/SafeERC20.sol";
+import {ECDSA} from "@openzeppelin/contracts/utils/cryptography/ECDSA.sol";
+import {EIP712} from "@openzeppelin/contracts/utils/cryptography/EIP712.sol";
+import {ReentrancyGuard} from "@openzeppelin/contracts/utils/ReentrancyGuard.sol";
+import {IJobMarket} from "./interfaces/IJobMarket.sol";
+import {IProviderRegistry} from "./interfaces/IProviderRegistry.sol";
+import {
+    Assignment, Bid, CollateralOutcome, Job, JobParams, JobPhase, Outcome, SignedBid
+} from "./types/MarketTypes.sol";
+
+/// @title JobMarket
+/// @notice Escrow, verification and settlement of compute jobs negotiated off-chain (see IJobMarket).
+/// Invariant: token.balanceOf(this) == escrow of live jobs + sum of market balances.
+contract JobMarket is IJobMarket, EIP712, ReentrancyGuard {
+    using SafeERC20 for IERC20;
+
+    bytes32 private constant _BID_TYPEHASH = keccak256(
+        "Bid(bytes32 specHash,address requester,address provider,uint96 price,uint96 collateral,uint32 runSeconds,uint64 expiry,uint256 nonce)"
+    );
+    uint256 private constant _MAX_REPLICAS = 15;
+    uint256 private constant _FLAGS = 0xFFFFFFFF;
+    uint256 private constant _HASH_MASK = ~_FLAGS;
+    uint256 private constant _SETTLED = 1;
+
+    IERC20 private immutable _token;
+    IProviderRegistry private immutable _registry;
+    uint32 private immutable _minRun;
+    uint32 private immutable _maxRun;
+    uint32 private immutable _minWindow;
+    uint32 private immutable _maxWindow;
+
+    /// @dev hash224(job) | committed bitmap << 16 | revealed bitmap; 1 once settled.
+    mapping(bytes32 jobId => uint256) private _jobs;
+    /// @dev Commitment of participant i, replaced by its result on reveal; cleared at settlement.
+    mapping(bytes32 jobId => mapping(uint256 index => bytes32)) private _results;
+    mapping(address provider => mapping(uint256 wordPos => uint256)) private _nonces;
+    mapping(address account => uint256) private _balances;
+
+    /// @dev Running totals of a majority settlement.
+    struct Tally {
+        bytes32 winner;
+        bool hasWinner;
+        uint256 paidMask;
+        uint256 slashedMask;
+        uint256 refund;
+        uint256 compensation;
+    }
+
+    /// @param token_ Payment token (any ERC-20).
+    /// @param registry_ The provider registry; it must name this market with `setMarket`.
+    /// @param minRun_ Shortest time from now to a job's result deadline.
+    /// @param maxRun_ Longest time from now to a job's result deadline.
+    /// @param minWindow_ Shortest challenge / reveal window.
+    /// @param maxWindow_ Longest challenge / reveal window.
+    constructor(
+        IERC20 token_,
+        IProviderRegistry registry_,
+        uint32 minRun_,
+        uint32 maxRun_,
+        uint32 minWindow_,
+        uint32 maxWindow_
+    ) EIP712("TensoragoraMarket", "1") {
+        if (address(token_) == address(0) || address(registry_) == address(0)) revert MarketZeroAddress();
+        if (minRun_ > maxRun_ || minWindow_ > maxWindow_ || minWindow_ == 0) revert MarketBadBounds();
+        _token = token_;
+        _registry = registry_;
+        (_minRun, _maxRun, _minWindow, _maxWindow) = (minRun_, maxRun_, minWindow_, maxWindow_);
+    }
+
+    // ------------------------------------------------------------------ requester
+
+    /// @inheritdoc IJobMarket
+    function openJob(JobParams calldata params, SignedBid[] calldata bids)
+        external
+        nonReentrant
+        returns (bytes32 jobId)
+    {
+        jobId = keccak256(abi.encode(msg.sender, params.salt));
+        if (_jobs[jobId] != 0) revert MarketJobExists(jobId);
+        _checkTiming(params.deadline, params.window);
+        Job memory job;
+        job.requester = msg.sender;
+        job.specHash = params.specHash;
+        job.deadline = params.deadline;
+        job.window = params.window;
+        uint96 escrow;
+        if (bids.length == 0) {
+            if (params.replicas == 0 || params.replicas > _MAX_REPLICAS) {
+                revert MarketBadReplicas(params.replicas, _MAX_REPLICAS);
+            }
+            if (params.budget == 0) revert MarketZeroBudget();
+            (job.replicas, job.phase, job.budget) = (params.replicas, JobPhase.Open, params.budget);
+            escrow = params.budget;
+        } else {
+            if (bids.length > _MAX_REPLICAS) revert MarketBadReplicas(bids.length, _MAX_REPLICAS);
+            (job.replicas, job.phase) = (uint8(bids.length), JobPhase.Assigned);
+            (job.workers, escrow) = _takeBids(job.specHash, msg.sender, job.deadline, bids, job.workers);
+        }
+        _jobs[jobId] = _hashMemory(job);
+        uint96 fromBalance = _useBalance(msg.sender, escrow);
+        emit JobOpened(
+            jobId, msg.sender, job.specHash, job.deadline, job.window, job.replicas, escrow, fromBalance
+        );
+        if (bids.length != 0) emit JobAssigned(jobId, job.workers, 0);
+        _pull(msg.sender, escrow - fromBalance);
+    }
+
+    /// @inheritdoc IJobMarket
+    function assign(bytes32 jobId, Job calldata job, SignedBid[] calldata bids) external nonReentrant {
+        _load(jobId, job);
+        _onlyRequester(job);
+        _expectPhase(jobId, job, JobPhase.Open);
+        if (bids.length != job.replicas) revert MarketWrongBidCount(bids.length, job.replicas);
+        Job memory next = job;
+        uint96 total;
+        (next.workers, total) = _takeBids(job.specHash, job.requester, job.deadline, bids, job.workers);
+        if (total > job.budget) revert MarketOverBudget(total, job.budget);
+        uint96 refund = job.budget - total;
+        (next.phase, next.budget) = (JobPhase.Assigned, 0);
+        _jobs[jobId] = _hashMemory(next);
+        _balances[job.requester] += refund;
+        emit JobAssigned(jobId, next.workers, refund);
+    }
+
+    /// @inheritdoc IJobMarket
+    function cancel(bytes32 jobId, Job calldata job) external nonReentrant {
+        _load(jobId, job);
+        _onlyRequester(job);
+        _expectPhase(jobId, job, JobPhase.Open);
+        _closeOpen(jobId, job);
+    }
+
+    /// @inheritdoc IJobMarket
+    function accept(bytes32 jobId, Job calldata job) external nonReentrant {
+        _load(jobId, job);
+        _onlyRequester(job);
+        _expectPhase(jobId, job, JobPhase.Submitted);
+        _completeSingle(jobId, job);
+    }
+
+    /// @inheritdoc IJobMarket
+    function dispute(bytes32 jobId, Job calldata job, SignedBid[] calldata verifierBids, uint64 deadline)
+        external
+        nonReentrant
+    {
+        _load(jobId, job);
+        _onlyRequester(job);
+        _expectPhase(jobId, job, JobPhase.Submitted);
+        if (block.timestamp > job.challengeEnd) revert MarketChallengeWindowClosed(job.challengeEnd, block.timestamp);
+        if (verifierBids.length < 2 || verifierBids.length >= _MAX_REPLICAS) {
+            revert MarketTooFewVerifiers(verifierBids.length);
+        }
+        _checkTiming(deadline, job.window);
+        Job memory next = job;
+        uint96 cost;
+        (next.verifiers, cost) = _takeBids(job.specHash, job.requester, deadline, verifierBids, job.workers);
+        if (cost > job.workers[0].collateral) revert MarketDisputeTooCostly(cost, job.workers[0].collateral);
+        (next.phase, next.deadline) = (JobPhase.Disputed, deadline);
+        // Participant 0 (the original worker) counts as committed and revealed with `job.result`.
+        _jobs[jobId] = _hashMemory(next) | (1 << 16) | 1;
+        uint96 fromBalance = _useBalance(job.requester, cost);
+        emit JobDisputed(jobId, next.verifiers, deadline, cost);
+        _pull(job.requester, cost - fromBalance);
+    }
+
+    // ------------------------------------------------------------------ providers
+
+    /// @inheritdoc IJobMarket
+    function submitResult(bytes32 jobId, Job calldata job, bytes32 result) external {
+        _load(jobId, job);
+        if (job.phase != JobPhase.Assigned || job.replicas != 1) revert MarketWrongPhase(jobId, job.phase);
+        if (msg.sender != job.workers[0].provider) revert MarketNotAssignedProvider(msg.sender, 0);
+        if (block.timestamp > job.deadline) revert MarketDeadlinePassed(job.deadline, block.timestamp);
+        if (result == bytes32(0)) revert MarketZeroResult();
+        Job memory next = job;
+        uint64 challengeEnd = uint64(block.timestamp) + job.window;
+        (next.phase, next.result, next.challengeEnd) = (JobPhase.Submitted, result, challengeEnd);
+        _jobs[jobId] = _hashMemory(next);
+        emit ResultSubmitted(jobId, msg.sender, result, challengeEnd);
+    }
+
+    /// @inheritdoc IJobMarket
+    function commit(bytes32 jobId, Job calldata job, uint256 index, bytes32 commitment) external {
+        uint256 slot = _load(jobId, job);
+        (Assignment calldata a,) = _participant(jobId, job, index);
+        if (msg.sender != a.provider) revert MarketNotAssignedProvider(msg.sender, index);
+        if (block.timestamp > job.deadline) revert MarketDeadlinePassed(job.deadline, block.timestamp);
+        uint256 bit = 1 << index;
+        if ((slot >> 16) & bit != 0) revert MarketAlreadyCommitted(index);
+        if (commitment == bytes32(0)) revert MarketZeroResult();
+        _results[jobId][index] = commitment;
+        _jobs[jobId] = slot | (bit << 16);
+        emit ResultCommitted(jobId, msg.sender, index, commitment);
+    }
+
+    /// @inheritdoc IJobMarket
+    function reveal(bytes32 jobId, Job calldata job, uint256 index, bytes32 result, bytes32 salt)
+        external
+        nonReentrant
+    {
+        uint256 slot = _load(jobId, job);
+        (Assignment calldata a, uint256 n) = _participant(jobId, job, index);
+        if (msg.sender != a.provider) revert MarketNotAssignedProvider(msg.sender, index);
+        uint256 bit = 1 << index;
+        uint256 committed = (slot >> 16) & 0xFFFF;
+        if (committed & bit == 0) revert MarketNotCommitted(index);
+        if (slot & bit != 0) revert MarketAlreadyRevealed(index);
+        uint256 full = (1 << n) - 1;
+        if (committed != full && block.timestamp <= job.deadline) {
+            revert MarketRevealNotOpen(job.deadline, block.timestamp);
+        }
+        uint256 revealEnd = uint256(job.deadline) + job.window;
+        if (block.timestamp > revealEnd) revert MarketRevealClosed(revealEnd, block.timestamp);
+        if (result == bytes32(0)) revert MarketZeroResult();
+        if (keccak256(abi.encode(jobId, msg.sender, result, salt)) != _results[jobId][index]) {
+            revert MarketCommitmentMismatch(index);
+        }
+        _results[jobId][index] = result;
+        slot |= bit;
+        emit ResultRevealed(jobId, msg.sender, index, result);
+        if (slot & 0xFFFF == committed && (committed == full || block.timestamp > job.deadline)) {
+            _settleMajority(jobId, job, slot, n);
+        } else {
+            _jobs[jobId] = slot;
+        }
+    }
+
+    /// @inheritdoc IJobMarket
+    function cancelNonces(uint256 wordPos, uint256 mask) external {
+        _nonces[msg.sender][wordPos] |= mask;
+        emit NoncesCancelled(msg.sender, wordPos, mask);
+    }
+
+    // ------------------------------------------------------------------ anyone
+
+    /// @inheritdoc IJobMarket
+    function finalize(bytes32 jobId, Job calldata job) external nonReentrant {
+        uint256 slot = _load(jobId, job);
+        uint256 readyAt = _tryFinalize(jobId, job, slot);
+        if (readyAt != 0) revert MarketNotFinalizable(jobId, job.phase, readyAt);
+    }
+
+    /// @inheritdoc IJobMarket
+    function finalizeBatch(bytes32[] calldata jobIds, Job[] calldata jobs)
+        external
+        nonReentrant
+        returns (uint256 settled)
+    {
+        if (jobIds.length != jobs.length) revert MarketLengthMismatch(jobIds.length, jobs.length);
+        for (uint256 i = 0; i < jobIds.length; ++i) {
+            if (_jobs[jobIds[i]] == _SETTLED) continue;
+            uint256 slot = _load(jobIds[i], jobs[i]);
+            uint256 readyAt = _tryFinalize(jobIds[i], jobs[i], slot);
+            if (readyAt != 0) revert MarketNotFinalizable(jobIds[i], jobs[i].phase, readyAt);
+            ++settled;
+        }
+    }
+
+    /// @inheritdoc IJobMarket
+    function deposit(uint256 amount) external nonReentrant {
+        if (amount == 0) revert MarketZeroAmount();
+        _balances[msg.sender] += amount;
+        emit Deposited(msg.sender, amount);
+        _pull(msg.sender, amount);
+    }
+
+    /// @inheritdoc IJobMarket
+    function withdraw(uint256 amount) external nonReentrant {
+        if (amount == 0) revert MarketZeroAmount();
+        uint256 available = _balances[msg.sender];
+        if (available < amount) revert MarketInsufficientWithdrawable(msg.sender, available, amount);
+        _balances[msg.sender] = available - amount;
+        emit Withdrawn(msg.sender, amount);
+        _token.safeTransfer(msg.sender, amount);
+    }
+
+    // ------------------------------------------------------------------ views
+
+    /// @inheritdoc IJobMarket
+    function bidDigest(Bid calldata bid) external view returns (bytes32) {
+        return _bidDigest(bid);
+    }
+
+    /// @inheritdoc IJobMarket
+    function isNonceUsed(address provider, uint256 nonce) external view returns (bool) {
+        return _nonces[provider][nonce >> 8] & (1 << (nonce & 0xff)) != 0;
+    }
+
+    /// @inheritdoc IJobMarket
+    function jobSlot(bytes32 jobId) external view returns (uint256) {
+        return _jobs[jobId];
+    }
+
+    /// @inheritdoc IJobMarket
+    function hashJob(Job calldata job) external pure returns (uint256) {
+        return _hashCalldata(job);
+    }
+
+    /// @inheritdoc IJobMarket
+    function commitmentOf(bytes32 jobId, address provider, bytes32 result, bytes32 salt)
+        external
+        pure
+        returns (bytes32)
+    {
+        return keccak256(abi.encode(jobId, provider, result, salt));
+    }
+
+    /// @inheritdoc IJobMarket
+    function resultOf(bytes32 jobId, uint256 index) external view returns (bytes32) {
+        return _results[jobId][index];
+    }
+
+    /// @inheritdoc IJobMarket
+    function balanceOf(address account) external view returns (uint256) {
+        return _balances[account];
+    }
+
+    /// @inheritdoc IJobMarket
+    function bounds() external view returns (uint32, uint32, uint32, uint32) {
+        return (_minRun, _maxRun, _minWindow, _maxWindow);
+    }
+
+    /// @inheritdoc IJobMarket
+    function token() external view returns (address) {
+        return address(_token);
+    }
+
+    /// @inheritdoc IJobMarket
+    function registry() external view returns (address) {
+        return address(_registry);
+    }
+
+    /// @inheritdoc IJobMarket
+    function maxReplicas() external pure returns (uint256) {
+        return _MAX_REPLICAS;
+    }
+
+    // ------------------------------------------------------------------ internals
+
+    /// @dev Settle `job` if its deadlines allow; returns 0 when settled, else the first second it could be.
+    function _tryFinalize(bytes32 jobId, Job calldata job, uint256 slot) private returns (uint256 readyAt) {
+        JobPhase phase = job.phase;
+        if (phase == JobPhase.Submitted) {
+            if (block.timestamp <= job.challengeEnd) return uint256(job.challengeEnd) + 1;
+            _completeSingle(jobId, job);
+            return 0;
+        }
+        if (block.timestamp <= job.deadline) {
+            // Before the deadline only a replicated job with every result revealed can settle (reveal does
+            // that itself), so there is nothing to do yet.
+            return uint256(job.deadline) + 1;
+        }
+        if (phase == JobPhase.Open) {
+            _closeOpen(jobId, job);
+        } else if (phase == JobPhase.Assigned && job.replicas == 1) {
+            _expireSingle(jobId, job);
+        } else {
+            (, uint256 n) = _participant(jobId, job, 0);
+            uint256 revealEnd = uint256(job.deadline) + job.window;
+            if (block.timestamp <= revealEnd && slot & 0xFFFF != (slot >> 16) & 0xFFFF) return revealEnd + 1;
+            _settleMajority(jobId, job, slot, n);
+        }
+        return 0;
+    }
+
+    function _closeOpen(bytes32 jobId, Job calldata job) private {
+        _jobs[jobId] = _SETTLED;
+        _balances[job.requester] += job.budget;
+        emit JobSettled(jobId, Outcome.Cancelled, bytes32(0), 0, 0, job.budget, 0);
+    }
+
+    /// @dev k = 1 result accepted (explicitly or by an unchallenged window): pay the worker.
+    function _completeSingle(bytes32 jobId, Job calldata job) private {
+        Assignment calldata w = job.workers[0];
+        _jobs[jobId] = _SETTLED;
+        _balances[w.provider] += w.price;
+        emit JobSettled(jobId, Outcome.Completed, job.result, 1, 0, 0, 0);
+        IProviderRegistry.CollateralChange[] memory changes = new IProviderRegistry.CollateralChange[](1);
+        changes[0] = IProviderRegistry.CollateralChange(w.provider, w.collateral, CollateralOutcome.Reward);
+        _registry.settle(changes);
+    }
+
+    /// @dev k = 1 with no result by the deadline: refund the price, slash the collateral to the requester.
+    function _expireSingle(bytes32 jobId, Job calldata job) private {
+        Assignment calldata w = job.workers[0];
+        _jobs[jobId] = _SETTLED;
+        _balances[job.requester] += uint256(w.price) + w.collateral;
+        emit JobSettled(jobId, Outcome.Expired, bytes32(0), 0, 1, w.price, w.collateral);
+        IProviderRegistry.CollateralChange[] memory changes = new IProviderRegistry.CollateralChange[](1);
+        changes[0] = IProviderRegistry.CollateralChange(w.provider, w.collateral, CollateralOutcome.Slash);
+        _registry.settle(changes);
+    }
+
+    /// @dev Commit-reveal settlement over n participants: a strict majority of all n is paid; minority and
+    /// missing participants are slashed to the requester; without a majority the requester gets all escrow back.
+    function _settleMajority(bytes32 jobId, Job calldata job, uint256 slot, uint256 n) private {
+        bool disputed = job.phase == JobPhase.Disputed;
+        uint256 revealed = slot & 0xFFFF;
+        bytes32[] memory values = new bytes32[](n);
+        for (uint256 i = 0; i < n; ++i) {
+            if (revealed & (1 << i) == 0) continue;
+            values[i] = (disputed && i == 0) ? job.result : _results[jobId][i];
+        }
+        Tally memory t = _majority(values, revealed, n);
+        IProviderRegistry.CollateralChange[] memory changes = new IProviderRegistry.CollateralChange[](n);
+        for (uint256 i = 0; i < n; ++i) {
+            Assignment calldata a = (disputed && i > 0) ? job.verifiers[i - 1] : job.workers[disputed ? 0 : i];
+            CollateralOutcome outcome;
+            if (t.paidMask & (1 << i) != 0) {
+                _balances[a.provider] += a.price;
+                outcome = CollateralOutcome.Reward;
+            } else {
+                t.refund += a.price;
+                if (revealed & (1 << i) == 0 || t.hasWinner) {
+                    t.slashedMask |= 1 << i;
+                    t.compensation += a.collateral;
+                    outcome = CollateralOutcome.Slash;
+                } else {
+                    outcome = CollateralOutcome.Release;
+                }
+            }
+            changes[i] = IProviderRegistry.CollateralChange(a.provider, a.collateral, outcome);
+            if (!(disputed && i == 0) && (slot >> 16) & (1 << i) != 0) delete _results[jobId][i];
+        }
+        _jobs[jobId] = _SETTLED;
+        _balances[job.requester] += t.refund + t.compensation;
+        emit JobSettled(
+            jobId,
+            t.hasWinner ? Outcome.Completed : (revealed == 0 ? Outcome.Expired : Outcome.NoMajority),
+            t.winner,
+            t.paidMask,
+            t.slashedMask,
+            uint96(t.refund),
+            uint96(t.compensation)
+        );
+        _registry.settle(changes);
+    }
+
+    /// @dev The value revealed by more than half of all n participants, if any, and who revealed it.
+    function _majority(bytes32[] memory values, uint256 revealed, uint256 n) private pure returns (Tally memory t) {
+        for (uint256 i = 0; i < n && !t.hasWinner; ++i) {
+            if (revealed & (1 << i) == 0) continue;
+            uint256 mask;
+            uint256 count;
+            for (uint256 j = 0; j < n; ++j) {
+                if (revealed & (1 << j) != 0 && values[j] == values[i]) {
+                    mask |= 1 << j;
+                    ++count;
+                }
+            }
+            if (2 * count > n) (t.winner, t.hasWinner, t.paidMask) = (values[i], true, mask);
+        }
+    }
+
+    /// @dev Participant `index` of a replicated or disputed job, and the number of participants.
+    function _participant(bytes32 jobId, Job calldata job, uint256 index)
+        private
+        view
+        returns (Assignment calldata a, uint256 n)
+    {
+        if (job.phase == JobPhase.Assigned && job.replicas >= 2) {
+            n = job.workers.length;
+            if (index >= n) revert MarketNotAssignedProvider(msg.sender, index);
+            a = job.workers[index];
+        } else if (job.phase == JobPhase.Disputed) {
+            n = job.verifiers.length + 1;
+            if (index >= n) revert MarketNotAssignedProvider(msg.sender, index);
+            a = index == 0 ? job.workers[0] : job.verifiers[index - 1];
+        } else {
+            revert MarketWrongPhase(jobId, job.phase);
+        }
+    }
+
+    /// @dev Verify and consume signed bids; lock each provider's collateral. `others` are providers already in
+    /// the job (a dispute's verifiers must differ from its worker).
+    function _takeBids(
+        bytes32 specHash,
+        address requester,
+        uint64 deadline,
+        SignedBid[] calldata bids,
+        Assignment[] memory others
+    ) private returns (Assignment[] memory out, uint96 total) {
+        out = new Assignment[](bids.length);
+        for (uint256 i = 0; i < bids.length; ++i) {
+            Bid calldata b = bids[i].bid;
+            address provider = b.provider;
+            if (b.specHash != specHash || b.requester != requester) revert MarketBidMismatch(i, provider);
+            if (b.expiry < block.timestamp) revert MarketBidExpired(provider, b.expiry, block.timestamp);
+            if (deadline < block.timestamp + b.runSeconds) {
+                revert MarketDeadlineTooShort(provider, deadline, block.timestamp + b.runSeconds);
+            }
+            (address signer, ECDSA.RecoverError err,) = ECDSA.tryRecover(_bidDigest(b), bids[i].v, bids[i].r, bids[i].s);
+            if (err != ECDSA.RecoverError.NoError || signer != provider) revert MarketBadBidSignature(provider, signer);
+            uint256 bit = 1 << (b.nonce & 0xff);
+            uint256 word = _nonces[provider][b.nonce >> 8];
+            if (word & bit != 0) revert MarketBidNonceUsed(provider, b.nonce);
+            _nonces[provider][b.nonce >> 8] = word | bit;
+            for (uint256 j = 0; j < i; ++j) {
+                if (out[j].provider == provider) revert MarketDuplicateProvider(provider);
+            }
+            for (uint256 j = 0; j < others.length; ++j) {
+                if (others[j].provider == provider) revert MarketDuplicateProvider(provider);
+            }
+            _registry.lock(provider, b.collateral);
+            out[i] = Assignment(provider, b.price, b.collateral);
+            total += b.price;
+        }
+    }
+
+    function _bidDigest(Bid calldata bid) private view returns (bytes32) {
+        return _hashTypedDataV4(keccak256(abi.encode(_BID_TYPEHASH, bid)));
+    }
+
+    function _checkTiming(uint64 deadline, uint32 window) private view {
+        uint256 earliest = block.timestamp + _minRun;
+        uint256 latest = block.timestamp + _maxRun;
+        if (deadline < earliest || deadline > latest) revert MarketDeadlineOutOfBounds(deadline, earliest, latest);
+        if (window < _minWindow || window > _maxWindow) revert MarketWindowOutOfBounds(window, _minWindow, _maxWindow);
+    }
+
+    /// @dev Read the job slot and check `job` is its current state.
+    function _load(bytes32 jobId, Job calldata job) private view returns (uint256 slot) {
+        slot = _jobs[jobId];
+        if (slot == 0) revert MarketUnknownJob(jobId);
+        if (slot == _SETTLED) revert MarketJobAlreadySettled(jobId);
+        if (slot & _HASH_MASK != _hashCalldata(job)) revert MarketJobMismatch(jobId);
+    }
+
+    function _onlyRequester(Job calldata job) private view {
+        if (msg.sender != job.requester) revert MarketNotRequester(msg.sender, job.requester);
+    }
+
+    function _expectPhase(bytes32 jobId, Job calldata job, JobPhase phase) private pure {
+        if (job.phase != phase) revert MarketWrongPhase(jobId, job.phase);
+    }
+
+    function _hashCalldata(Job calldata job) private pure returns (uint256) {
+        return uint256(keccak256(abi.encode(job))) & _HASH_MASK;
+    }
+
+    function _hashMemory(Job memory job) private pure returns (uint256) {
+        return uint256(keccak256(abi.encode(job))) & _HASH_MASK;
+    }
+
+    /// @dev Take up to `amount` from the caller's market balance; returns what was taken.
+    function _useBalance(address owner, uint96 amount) private returns (uint96 taken) {
+        uint256 available = _balances[owner];
+        if (available == 0) return 0;
+        taken = available < amount ? uint96(available) : amount;
+        _balances[owner] = available - taken;
+    }
+
+    /// @dev Pull `amount` tokens from `owner`, failing with the amounts instead of the token's own revert.
+    function _pull(address owner, uint256 amount) private {
+        if (amount == 0) return;
+        uint256 allowance = _token.allowance(owner, address(this));
+        if (allowance < amount) revert MarketInsufficientAllowance(owner, allowance, amount);
+        uint256 balance = _token.balanceOf(owner);
+        if (balance < amount) revert MarketInsufficientBalance(owner, balance, amount);
+        _token.safeTransferFrom(owner, address(this), amount);
+    }
+}

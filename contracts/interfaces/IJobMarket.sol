@@ -1,0 +1,165 @@
+// SPDX-License-Identifier: Apache-2.0
+pragma solidity ^0.8.24;
+
+import {Assignment, Bid, Job, JobParams, JobPhase, Outcome, SignedBid} from "../types/MarketTypes.sol";
+
+/// @title Job market: off-chain negotiation, on-chain escrow, verification and settlement.
+/// @notice A requester opens a job with providers' signed bids and locks the escrow in one transaction.
+/// k = 1: the provider submits a result hash; the requester accepts, or disputes within the challenge window,
+/// which escalates to re-execution by verifiers settled by commit-reveal majority. k >= 2: every provider commits
+/// keccak256(abi.encode(jobId, provider, result, salt)), then reveals; a strict majority is paid. Anyone may
+/// finalize after the deadlines, so no party can lock funds by vanishing. Payments are pull-based.
+interface IJobMarket {
+    event JobOpened(
+        bytes32 indexed jobId,
+        address indexed requester,
+        bytes32 specHash,
+        uint64 deadline,
+        uint32 window,
+        uint8 replicas,
+        uint96 escrow,
+        uint96 fromBalance
+    );
+    /// @notice Providers chosen (in openJob or assign); `refund` is budget minus the sum of prices, credited back.
+    event JobAssigned(bytes32 indexed jobId, Assignment[] workers, uint96 refund);
+    event ResultSubmitted(bytes32 indexed jobId, address indexed provider, bytes32 result, uint64 challengeEnd);
+    event ResultCommitted(bytes32 indexed jobId, address indexed provider, uint256 index, bytes32 commitment);
+    event ResultRevealed(bytes32 indexed jobId, address indexed provider, uint256 index, bytes32 result);
+    event JobDisputed(bytes32 indexed jobId, Assignment[] verifiers, uint64 deadline, uint96 escrow);
+    /// @notice Final state. Bit i of `paidMask` / `slashedMask` refers to participant i: the workers, or for a
+    /// dispute the original worker (bit 0) then the verifiers. `refund` (unused escrow) and `compensation`
+    /// (slashed collateral) were credited to the requester.
+    event JobSettled(
+        bytes32 indexed jobId,
+        Outcome outcome,
+        bytes32 result,
+        uint256 paidMask,
+        uint256 slashedMask,
+        uint96 refund,
+        uint96 compensation
+    );
+    event Deposited(address indexed account, uint256 amount);
+    event Withdrawn(address indexed account, uint256 amount);
+    event NoncesCancelled(address indexed provider, uint256 wordPos, uint256 mask);
+
+    error MarketZeroAddress();
+    error MarketBadBounds();
+    error MarketJobExists(bytes32 jobId);
+    error MarketUnknownJob(bytes32 jobId);
+    error MarketJobAlreadySettled(bytes32 jobId);
+    /// @notice The job passed in calldata does not hash to the stored commitment.
+    error MarketJobMismatch(bytes32 jobId);
+    error MarketWrongPhase(bytes32 jobId, JobPhase phase);
+    error MarketNotRequester(address caller, address requester);
+    error MarketNotAssignedProvider(address caller, uint256 index);
+    error MarketBadReplicas(uint256 replicas, uint256 maxReplicas);
+    error MarketZeroBudget();
+    error MarketDeadlineOutOfBounds(uint64 deadline, uint256 earliest, uint256 latest);
+    error MarketWindowOutOfBounds(uint32 window, uint32 minWindow, uint32 maxWindow);
+    error MarketBidMismatch(uint256 index, address provider);
+    error MarketBidExpired(address provider, uint64 expiry, uint256 now_);
+    error MarketBadBidSignature(address provider, address signer);
+    error MarketBidNonceUsed(address provider, uint256 nonce);
+    error MarketDeadlineTooShort(address provider, uint64 deadline, uint256 needed);
+    error MarketDuplicateProvider(address provider);
+    error MarketOverBudget(uint256 total, uint96 budget);
+    error MarketInsufficientAllowance(address owner, uint256 allowance, uint256 needed);
+    error MarketInsufficientBalance(address owner, uint256 balance, uint256 needed);
+    error MarketZeroResult();
+    error MarketDeadlinePassed(uint64 deadline, uint256 now_);
+    error MarketChallengeWindowClosed(uint64 challengeEnd, uint256 now_);
+    error MarketTooFewVerifiers(uint256 count);
+    error MarketDisputeTooCostly(uint256 cost, uint96 collateral);
+    error MarketAlreadyCommitted(uint256 index);
+    error MarketNotCommitted(uint256 index);
+    error MarketAlreadyRevealed(uint256 index);
+    error MarketRevealNotOpen(uint64 deadline, uint256 now_);
+    error MarketRevealClosed(uint256 revealEnd, uint256 now_);
+    error MarketCommitmentMismatch(uint256 index);
+    error MarketNotFinalizable(bytes32 jobId, JobPhase phase, uint256 readyAt);
+    error MarketLengthMismatch(uint256 ids, uint256 jobs);
+    error MarketZeroAmount();
+    error MarketWrongBidCount(uint256 given, uint256 expected);
+    error MarketInsufficientWithdrawable(address account, uint256 available, uint256 requested);
+
+    /// @notice Open a job and, when `bids` is non-empty, assign them and lock the sum of their prices in escrow,
+    /// all in one transaction. With no bids the job stays Open with `params.budget` escrowed until `assign` or
+    /// `cancel`. Escrow comes from the caller's market balance first, then from its token allowance.
+    /// @return jobId keccak256(abi.encode(msg.sender, params.salt)).
+    function openJob(JobParams calldata params, SignedBid[] calldata bids) external returns (bytes32 jobId);
+
+    /// @notice Requester only: assign `job.replicas` bids to an Open job; the unspent budget is credited back.
+    function assign(bytes32 jobId, Job calldata job, SignedBid[] calldata bids) external;
+
+    /// @notice Requester only: cancel an Open job (before assignment) and get the budget back.
+    function cancel(bytes32 jobId, Job calldata job) external;
+
+    /// @notice Assigned provider of a k = 1 job: submit the result hash before the deadline; opens the
+    /// challenge window.
+    function submitResult(bytes32 jobId, Job calldata job, bytes32 result) external;
+
+    /// @notice Requester only: accept a submitted k = 1 result; pays the provider at once.
+    function accept(bytes32 jobId, Job calldata job) external;
+
+    /// @notice Requester only, inside the challenge window: dispute a k = 1 result. The verifiers' bids are
+    /// assigned and their prices escrowed; their total may not exceed the provider's collateral, so a lying
+    /// provider always pays for its verification.
+    function dispute(bytes32 jobId, Job calldata job, SignedBid[] calldata verifierBids, uint64 deadline) external;
+
+    /// @notice Participant `index` commits keccak256(abi.encode(jobId, msg.sender, result, salt)) before the
+    /// deadline (k >= 2 workers, or verifiers of a dispute at index >= 1).
+    function commit(bytes32 jobId, Job calldata job, uint256 index, bytes32 commitment) external;
+
+    /// @notice Reveal a committed result, once every participant has committed or the deadline passed, and
+    /// before deadline + window. The last expected reveal settles the job.
+    function reveal(bytes32 jobId, Job calldata job, uint256 index, bytes32 result, bytes32 salt) external;
+
+    /// @notice Anyone: settle a job whose deadlines have passed (or whose results are all in).
+    function finalize(bytes32 jobId, Job calldata job) external;
+
+    /// @notice Anyone: finalize many jobs in one transaction; jobs already settled are skipped.
+    /// @return settled Number of jobs this call settled.
+    function finalizeBatch(bytes32[] calldata jobIds, Job[] calldata jobs) external returns (uint256 settled);
+
+    /// @notice Add tokens to the caller's market balance (used first to fund jobs).
+    function deposit(uint256 amount) external;
+
+    /// @notice Withdraw `amount` of the caller's market balance (earnings, refunds, compensation, deposits).
+    function withdraw(uint256 amount) external;
+
+    /// @notice Provider: cancel every unused bid nonce whose bit is set in `mask`, in word `wordPos`.
+    function cancelNonces(uint256 wordPos, uint256 mask) external;
+
+    /// @notice The EIP-712 digest a provider signs for `bid`.
+    function bidDigest(Bid calldata bid) external view returns (bytes32);
+
+    /// @notice Whether `nonce` of `provider` was used or cancelled.
+    function isNonceUsed(address provider, uint256 nonce) external view returns (bool);
+
+    /// @notice Raw job slot: the top 224 bits of keccak256(abi.encode(job)), then two 16-bit bitmaps
+    /// (committed, revealed). 0 = unknown job; 1 = settled.
+    function jobSlot(bytes32 jobId) external view returns (uint256);
+
+    /// @notice keccak256(abi.encode(job)) with its low 32 bits cleared, as compared against `jobSlot`.
+    function hashJob(Job calldata job) external pure returns (uint256);
+
+    /// @notice The commitment participant `provider` must publish for `result` and `salt`.
+    function commitmentOf(bytes32 jobId, address provider, bytes32 result, bytes32 salt)
+        external
+        pure
+        returns (bytes32);
+
+    /// @notice Commitment, then revealed result, of participant `index`.
+    function resultOf(bytes32 jobId, uint256 index) external view returns (bytes32);
+
+    function balanceOf(address account) external view returns (uint256);
+
+    /// @notice Deploy-time bounds: deadline in [now + minRun, now + maxRun], window in [minWindow, maxWindow].
+    function bounds() external view returns (uint32 minRun, uint32 maxRun, uint32 minWindow, uint32 maxWindow);
+
+    function token() external view returns (address);
+
+    function registry() external view returns (address);
+
+    function maxReplicas() external pure returns (uint256);
+}

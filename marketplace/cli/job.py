@@ -1,0 +1,232 @@
+"""`agora job ...`: the requester's side of a job, by hand (open with signed bids, accept, dispute, ...)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from marketplace.cli import app
+from marketplace.cli._common import (AccountOpt, DeploymentsOpt, JsonOpt, PasswordFileOpt, RpcOpt, console,
+                                     emit_json, handle_errors, open_market, parse_amount, parse_b32, spinner,
+                                     tx_line)
+
+job_app = typer.Typer(help="Open, assign, accept, dispute, finalize, expire and cancel jobs.", no_args_is_help=True)
+app.add_typer(job_app, name="job")
+
+BidsOpt = Annotated[list[Path], typer.Option("--bid", "-b", help="Signed bid file (repeat for k > 1)")]
+
+
+def view_json(view: Any) -> dict[str, Any]:
+    """A JobView as plain JSON."""
+    job = view.job
+
+    def hx(b: bytes) -> str:
+        return "0x" + bytes(b).hex()
+
+    out: dict[str, Any] = {"jobId": hx(view.job_id), "status": view.status,
+                           "committedMask": view.committed_mask, "revealedMask": view.revealed_mask}
+    if job is not None:
+        out.update({
+            "requester": job.requester, "specHash": hx(job.spec_hash), "phase": job.phase.name.lower(),
+            "deadline": job.deadline, "window": job.window, "replicas": job.replicas, "escrow": str(job.escrow),
+            "result": hx(job.result), "challengeEnd": job.challenge_end,
+            "participants": [{"index": i, "provider": a.provider, "price": str(a.price),
+                              "collateral": str(a.collateral), "committed": bool(view.committed_mask >> i & 1),
+                              "revealed": hx(view.reveals[i]) if i in view.reveals else None}
+                             for i, a in enumerate(job.participants)],
+        })
+    if view.settled and view.settlement:
+        s = view.settlement
+        out["settlement"] = {"outcome": view.outcome.name.lower(), "result": hx(s["result"]),
+                             "paidMask": s["paidMask"], "slashedMask": s["slashedMask"],
+                             "refund": str(s["refund"]), "compensation": str(s["compensation"])}
+    return out
+
+
+def _print_view(view: Any, now: int) -> None:
+    from marketplace.types import from_wei
+
+    d = view_json(view)
+    console.print(f"job {d['jobId']}  [bold]{d['status']}[/bold]", highlight=False)
+    if view.job is not None:
+        j = view.job
+        console.print(f"  requester {j.requester}  k={j.replicas}  escrow {from_wei(j.escrow)} AGORA\n"
+                      f"  spec {d['specHash']}\n  deadline {j.deadline} ({j.deadline - now:+d} s)  window {j.window} s",
+                      highlight=False)
+        if j.challenge_end:
+            console.print(f"  result {d['result']}  challenge ends {j.challenge_end} ({j.challenge_end - now:+d} s)",
+                          highlight=False)
+        for p in d["participants"]:
+            console.print(f"  [{p['index']}] {p['provider']}  price {from_wei(int(p['price']))}  collateral "
+                          f"{from_wei(int(p['collateral']))}  committed={p['committed']}  revealed={p['revealed']}",
+                          highlight=False)
+    if "settlement" in d:
+        s = d["settlement"]
+        console.print(f"  outcome {s['outcome']}  paid mask {s['paidMask']:#b}  slashed mask {s['slashedMask']:#b}  "
+                      f"refund {from_wei(int(s['refund']))}  compensation {from_wei(int(s['compensation']))}",
+                      highlight=False)
+
+
+@job_app.command("open")
+@handle_errors
+def open_cmd(
+    spec_hash: Annotated[str | None, typer.Option(help="keccak of the job spec (0x)")] = None,
+    spec: Annotated[Path | None, typer.Option(help="Spec file; its keccak is the spec hash")] = None,
+    bid: BidsOpt = [],  # noqa: B006 - typer default
+    deadline_in: Annotated[int, typer.Option(help="Results due this many seconds from now")] = 600,
+    window: Annotated[int, typer.Option(help="Challenge window (k=1) or reveal window (k>1), seconds")] = 60,
+    replicas: Annotated[int, typer.Option(help="k, when opening without bids")] = 1,
+    budget: Annotated[str | None, typer.Option(help="Escrow when opening without bids, tokens")] = None,
+    salt: Annotated[str | None, typer.Option(help="32-byte salt (default: random); the job id derives from it")] = None,
+    approve: Annotated[bool, typer.Option("--approve", help="Approve the market for the escrow first")] = False,
+    rpc: RpcOpt = None, deployments: DeploymentsOpt = None, account: AccountOpt = None,
+    password_file: PasswordFileOpt = None, json_out: JsonOpt = False,
+) -> None:
+    """Open a job; with --bid files, assign them and lock the escrow in the same transaction."""
+    import os
+
+    from eth_utils import keccak
+
+    from marketplace.cli.bid import load_bids
+    from marketplace.errors import ConfigError
+    from marketplace.types import JobParams
+
+    if (spec_hash is None) == (spec is None):
+        raise ConfigError("give exactly one of --spec-hash or --spec")
+    sh = parse_b32(spec_hash, "spec hash") if spec_hash else keccak(spec.read_bytes())  # type: ignore[union-attr]
+    bids = load_bids(bid)
+    if not bids and budget is None:
+        raise ConfigError("opening without --bid needs --budget (the escrow to lock until you assign)")
+    market = open_market(rpc, deployments, account, password_file)
+    escrow = sum(b.bid.price for b in bids) if bids else parse_amount(budget)  # type: ignore[arg-type]
+    params = JobParams(spec_hash=sh, salt=parse_b32(salt, "salt") if salt else os.urandom(32),
+                       deadline=market.client.timestamp() + deadline_in, window=window,
+                       replicas=len(bids) or replicas, budget=0 if bids else escrow)
+    with spinner("waiting for receipts"):
+        if approve:
+            shortfall = max(0, escrow - market.market_balance(market.address))
+            market.ensure_allowance(market.client.deployment.market, shortfall)
+        job_id, result = market.open_job(params, bids)
+    if json_out:
+        emit_json({"jobId": "0x" + job_id.hex(), "tx": result.tx_hash, "gasUsed": result.gas_used})
+    else:
+        tx_line("open", result)
+        console.print(f"job id 0x{job_id.hex()}", highlight=False)
+
+
+def _simple(name: str, doc: str, method: str) -> None:
+    @handle_errors
+    def command(job_id: str, rpc: RpcOpt = None, deployments: DeploymentsOpt = None, account: AccountOpt = None,
+                password_file: PasswordFileOpt = None) -> None:
+        market = open_market(rpc, deployments, account, password_file)
+        with spinner("waiting for receipt"):
+            tx_line(name, getattr(market, method)(parse_b32(job_id, "job id")))
+
+    command.__doc__ = doc
+    job_app.command(name)(command)
+
+
+_simple("accept", "Accept a submitted k = 1 result and pay the provider now.", "accept")
+_simple("cancel", "Cancel a job that has no providers yet; the budget returns to your market balance.", "cancel")
+
+
+@job_app.command("assign")
+@handle_errors
+def assign(job_id: str, bid: BidsOpt, rpc: RpcOpt = None, deployments: DeploymentsOpt = None,
+           account: AccountOpt = None, password_file: PasswordFileOpt = None) -> None:
+    """Assign signed bids to a job opened without them; unspent budget is credited back."""
+    from marketplace.cli.bid import load_bids
+
+    market = open_market(rpc, deployments, account, password_file)
+    with spinner("waiting for receipt"):
+        tx_line("assign", market.assign(parse_b32(job_id, "job id"), load_bids(bid)))
+
+
+@job_app.command("dispute")
+@handle_errors
+def dispute(job_id: str, bid: BidsOpt,
+            deadline_in: Annotated[int, typer.Option(help="Verifiers' commits due in this many seconds")] = 600,
+            approve: Annotated[bool, typer.Option("--approve", help="Approve the market for the verifier fees")] = False,
+            rpc: RpcOpt = None, deployments: DeploymentsOpt = None, account: AccountOpt = None,
+            password_file: PasswordFileOpt = None) -> None:
+    """Dispute a k = 1 result inside its challenge window: verifiers re-execute, the majority decides."""
+    from marketplace.cli.bid import load_bids
+
+    market = open_market(rpc, deployments, account, password_file)
+    bids = load_bids(bid)
+    with spinner("waiting for receipts"):
+        if approve:
+            market.ensure_allowance(market.client.deployment.market, sum(b.bid.price for b in bids))
+        tx_line("dispute", market.dispute(parse_b32(job_id, "job id"), bids, market.client.timestamp() + deadline_in))
+
+
+@job_app.command("finalize")
+@handle_errors
+def finalize(job_ids: Annotated[list[str], typer.Argument(help="One or more job ids (batched in one tx)")],
+             rpc: RpcOpt = None, deployments: DeploymentsOpt = None, account: AccountOpt = None,
+             password_file: PasswordFileOpt = None) -> None:
+    """Settle jobs whose deadlines have passed (anyone may call); several ids go in one transaction."""
+    market = open_market(rpc, deployments, account, password_file)
+    ids = [parse_b32(j, "job id") for j in job_ids]
+    with spinner("waiting for receipt"):
+        result = market.finalize(ids[0]) if len(ids) == 1 else market.finalize_batch(ids)
+    tx_line(f"finalize {len(ids)} job(s)", result)
+
+
+@job_app.command("expire")
+@handle_errors
+def expire(job_id: str, rpc: RpcOpt = None, deployments: DeploymentsOpt = None, account: AccountOpt = None,
+           password_file: PasswordFileOpt = None) -> None:
+    """Expire a job nobody delivered: slash the no-shows to the requester and refund the escrow."""
+    from marketplace.errors import AgoraError
+    from marketplace.types import JobPhase
+
+    market = open_market(rpc, deployments, account, password_file)
+    jid = parse_b32(job_id, "job id")
+    view = market.job(jid)
+    job = view.job
+    if view.settled or job is None:
+        raise AgoraError(f"job {job_id} is already {view.status}")
+    if job.phase in (JobPhase.SUBMITTED,) or (job.phase == JobPhase.ASSIGNED and job.replicas > 1 and view.revealed_mask):
+        raise AgoraError(f"job {job_id} has results ({view.status}): use `agora job finalize`")
+    now = market.client.timestamp()
+    if now <= job.deadline:
+        raise AgoraError(f"job {job_id} is not expired: its deadline is in {job.deadline - now} s")
+    with spinner("waiting for receipt"):
+        tx_line("expire", market.finalize(jid))
+
+
+@job_app.command("status")
+@handle_errors
+def status(job_id: str, rpc: RpcOpt = None, deployments: DeploymentsOpt = None, json_out: JsonOpt = False) -> None:
+    """Phase, deadlines, participants, commits and reveals, and the settlement of a job."""
+    market = open_market(rpc, deployments, None, None, need_account=False)
+    view = market.job(parse_b32(job_id, "job id"))
+    if json_out:
+        emit_json(view_json(view))
+    else:
+        _print_view(view, market.client.timestamp())
+
+
+@job_app.command("list")
+@handle_errors
+def list_jobs(requester: Annotated[str | None, typer.Option(help="Only jobs of this requester")] = None,
+              rpc: RpcOpt = None, deployments: DeploymentsOpt = None, json_out: JsonOpt = False) -> None:
+    """Jobs opened on this market (from its events), with their status."""
+    from web3 import Web3
+
+    market = open_market(rpc, deployments, None, None, need_account=False)
+    opened = market.client.market.events.JobOpened
+    filters = {"requester": Web3.to_checksum_address(requester)} if requester else None
+    logs = opened.get_logs(from_block=market.client.deployment.block, argument_filters=filters)
+    rows = [view_json(market.job(bytes(lg["args"]["jobId"]))) for lg in logs]
+    if json_out:
+        emit_json(rows)
+        return
+    for r in rows:
+        console.print(f"{r['jobId']}  {r['status']:<22} k={r.get('replicas')}  requester {r.get('requester')}",
+                      highlight=False)
+    if not rows:
+        console.print("no jobs yet")

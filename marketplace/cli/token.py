@@ -1,0 +1,105 @@
+"""`agora token ...` and `agora withdraw`: balances, faucet, transfers, approvals, market balance."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from marketplace.cli import app
+from marketplace.cli._common import (AccountOpt, DeploymentsOpt, JsonOpt, PasswordFileOpt, RpcOpt, console,
+                                     emit_json, handle_errors, open_market, parse_amount, spinner, tx_line)
+
+token_app = typer.Typer(help="ETH and token balances, dev faucet, transfers and approvals.", no_args_is_help=True)
+app.add_typer(token_app, name="token")
+
+
+def _spender(market, name: str) -> str:
+    aliases = {"market": market.client.deployment.market, "registry": market.client.deployment.registry}
+    return aliases.get(name.lower(), name)
+
+
+@token_app.command("balance")
+@handle_errors
+def balance(address: Annotated[str | None, typer.Argument(help="Address (default: your account)")] = None,
+            rpc: RpcOpt = None, deployments: DeploymentsOpt = None, account: AccountOpt = None,
+            password_file: PasswordFileOpt = None, json_out: JsonOpt = False) -> None:
+    """ETH, token and market (withdrawable) balance of an address."""
+    from marketplace.types import from_wei
+
+    market = open_market(rpc, deployments, account if address is None else None, password_file,
+                         need_account=address is None)
+    who = market.client.w3.to_checksum_address(address or market.address)
+    eth = market.client.w3.eth.get_balance(who)
+    tok, inner = market.token_balance(who), market.market_balance(who)
+    allow = market.allowance(who, market.client.deployment.market)
+    if json_out:
+        emit_json({"address": who, "eth_wei": str(eth), "token_wei": str(tok), "market_balance_wei": str(inner),
+                   "market_allowance_wei": str(allow)})
+        return
+    console.print(f"{who}\n  ETH     {from_wei(eth)}\n  AGORA   {from_wei(tok)}\n"
+                  f"  market  {from_wei(inner)} (withdrawable)\n  allowance to market {from_wei(allow)}",
+                  highlight=False)
+
+
+@token_app.command("faucet")
+@handle_errors
+def faucet(amount: Annotated[str, typer.Option(help="Tokens to mint (at most 10000)")] = "1000",
+           to: Annotated[str | None, typer.Option(help="Recipient (default: your account)")] = None,
+           rpc: RpcOpt = None, deployments: DeploymentsOpt = None, account: AccountOpt = None,
+           password_file: PasswordFileOpt = None) -> None:
+    """Mint test tokens. Works on dev chains (31337, 1337) only; refuses anywhere else."""
+    from marketplace.config import DEV_CHAIN_IDS
+    from marketplace.errors import ConfigError
+
+    market = open_market(rpc, deployments, account, password_file)
+    if market.client.chain_id not in DEV_CHAIN_IDS:
+        raise ConfigError(f"the faucet works on dev chains only (31337, 1337); this is chain {market.client.chain_id}")
+    with spinner("waiting for receipt"):
+        tx_line("faucet", market.faucet(parse_amount(amount), to))
+
+
+@token_app.command("transfer")
+@handle_errors
+def transfer(to: str, amount: str, rpc: RpcOpt = None, deployments: DeploymentsOpt = None,
+             account: AccountOpt = None, password_file: PasswordFileOpt = None) -> None:
+    """Send tokens to an address."""
+    market = open_market(rpc, deployments, account, password_file)
+    with spinner("waiting for receipt"):
+        tx_line("transfer", market.transfer(to, parse_amount(amount)))
+
+
+@token_app.command("approve")
+@handle_errors
+def approve(spender: Annotated[str, typer.Argument(help="'market', 'registry' or an address")], amount: str,
+            rpc: RpcOpt = None, deployments: DeploymentsOpt = None, account: AccountOpt = None,
+            password_file: PasswordFileOpt = None) -> None:
+    """Allow the market (job escrow) or the registry (stake) to pull tokens."""
+    market = open_market(rpc, deployments, account, password_file)
+    with spinner("waiting for receipt"):
+        tx_line("approve", market.approve(_spender(market, spender), parse_amount(amount)))
+
+
+@token_app.command("deposit")
+@handle_errors
+def deposit(amount: str, rpc: RpcOpt = None, deployments: DeploymentsOpt = None, account: AccountOpt = None,
+            password_file: PasswordFileOpt = None) -> None:
+    """Move tokens into your market balance (jobs are funded from it first)."""
+    market = open_market(rpc, deployments, account, password_file)
+    with spinner("waiting for receipt"):
+        tx_line("deposit", market.deposit(parse_amount(amount)))
+
+
+@app.command("withdraw")
+@handle_errors
+def withdraw(amount: Annotated[str | None, typer.Argument(help="Tokens (default: everything)")] = None,
+             rpc: RpcOpt = None, deployments: DeploymentsOpt = None, account: AccountOpt = None,
+             password_file: PasswordFileOpt = None, json_out: JsonOpt = False) -> None:
+    """Withdraw your market balance: earnings, refunds and compensation."""
+    market = open_market(rpc, deployments, account, password_file)
+    with spinner("waiting for receipt"):
+        result = market.withdraw(parse_amount(amount) if amount else None)
+    if json_out:
+        emit_json({"tx": result.tx_hash, "gas_used": result.gas_used})
+    else:
+        tx_line("withdraw", result)

@@ -1,0 +1,69 @@
+"""Deployment files: `deployments/<chainId>.json` records where the contracts live on one chain."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from marketplace.errors import DeploymentError
+
+DEPLOYMENT_VERSION = 1
+
+
+@dataclass(frozen=True, kw_only=True)
+class MarketParams:
+    """Deploy-time constants. Defaults suit a local dev chain; every one is documented in the README."""
+
+    min_stake: int = 100 * 10**18  # tokens a provider must bond to register and take jobs
+    unbonding_delay: int = 3600  # seconds between requestUnstake and withdrawStake
+    min_run: int = 10  # a job's result deadline is at least this far ahead ...
+    max_run: int = 30 * 24 * 3600  # ... and at most this far
+    min_window: int = 5  # challenge / reveal window bounds, seconds
+    max_window: int = 7 * 24 * 3600
+    initial_supply: int = 1_000_000 * 10**18  # minted to the deployer when we deploy our own token
+    dev_funding: int = 100_000 * 10**18  # tokens sent to each dev account on dev chains
+
+
+@dataclass(frozen=True, kw_only=True)
+class Deployment:
+    chain_id: int
+    token: str
+    registry: str
+    market: str
+    block: int
+    deployer: str
+    artifact_hash: str
+    params: dict[str, Any] = field(default_factory=dict)
+    version: int = DEPLOYMENT_VERSION
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def save(self, directory: Path) -> Path:
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / f"{self.chain_id}.json"
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(self.to_json(), indent=2, sort_keys=True) + "\n")
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def load(cls, directory: Path, chain_id: int) -> Deployment:
+        """Read `directory/<chain_id>.json`.
+
+        Raises DeploymentError when the file is missing or unreadable.
+        """
+        path = directory / f"{chain_id}.json"
+        if not path.exists():
+            raise DeploymentError(
+                f"no deployment for chain {chain_id} in {path} (run `agora deploy --rpc URL` first, "
+                f"or point --deployments / AGORA_DEPLOYMENTS at the right folder)")
+        try:
+            data = json.loads(path.read_text())
+            if data.get("version") != DEPLOYMENT_VERSION:
+                raise DeploymentError(f"{path}: unsupported deployment file version {data.get('version')!r}")
+            return cls(**data)
+        except (OSError, ValueError, TypeError) as err:
+            raise DeploymentError(f"{path} is not a valid deployment file: {err}") from None

@@ -1,0 +1,111 @@
+"""Rebuild a job's full state from the market's events (the chain stores only its hash)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from eth_utils import event_abi_to_log_topic
+from web3 import Web3
+
+from marketplace.errors import AgoraError
+from marketplace.types import Assignment, Job, JobPhase, Outcome, SETTLED_SLOT
+
+
+class JobNotFoundError(AgoraError, LookupError):
+    """No job with this id on this market."""
+
+
+@dataclass
+class JobView:
+    """Everything known about one job: its current struct, commit/reveal progress and history."""
+
+    job_id: bytes
+    job: Job | None
+    settled: bool = False
+    outcome: Outcome | None = None
+    settlement: dict[str, Any] = field(default_factory=dict)
+    committed_mask: int = 0
+    revealed_mask: int = 0
+    commitments: dict[int, bytes] = field(default_factory=dict)
+    reveals: dict[int, bytes] = field(default_factory=dict)
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def status(self) -> str:
+        if self.settled:
+            return f"settled:{self.outcome.name.lower()}" if self.outcome is not None else "settled"
+        assert self.job is not None
+        return self.job.phase.name.lower()
+
+
+def _assignments(items: Any) -> tuple[Assignment, ...]:
+    return tuple(Assignment.from_abi(a) for a in items)
+
+
+class JobIndex:
+    """Decodes the market's logs for one job id."""
+
+    def __init__(self, market: Any, from_block: int) -> None:
+        self.market = market
+        self.from_block = from_block
+        self._events = {}
+        for item in market.abi:
+            if item.get("type") == "event":
+                topic = "0x" + event_abi_to_log_topic(item).hex()
+                self._events[topic] = getattr(market.events, item["name"])()
+
+    def logs(self, job_id: bytes) -> list[Any]:
+        raw = self.market.w3.eth.get_logs({
+            "address": self.market.address, "fromBlock": self.from_block, "toBlock": "latest",
+            "topics": [None, Web3.to_hex(job_id)],
+        })
+        decoded = []
+        for log in sorted(raw, key=lambda lg: (lg["blockNumber"], lg["logIndex"])):
+            event = self._events.get(Web3.to_hex(log["topics"][0]))
+            if event is not None:
+                decoded.append(event.process_log(log))
+        return decoded
+
+    def view(self, job_id: bytes) -> JobView:
+        """Replay the job's events. Raises JobNotFoundError when none exist."""
+        logs = self.logs(job_id)
+        if not logs:
+            raise JobNotFoundError(f"no job {Web3.to_hex(job_id)} on market {self.market.address}")
+        v = JobView(job_id=job_id, job=None)
+        job: Job | None = None
+        for log in logs:
+            name, a = log["event"], log["args"]
+            v.history.append({"event": name, "block": log["blockNumber"], "tx": Web3.to_hex(log["transactionHash"]),
+                              "args": dict(a)})
+            if name == "JobOpened":
+                job = Job(requester=a["requester"], spec_hash=bytes(a["specHash"]), deadline=a["deadline"],
+                          window=a["window"], replicas=a["replicas"], phase=JobPhase.OPEN, budget=a["escrow"])
+            elif job is None:
+                continue
+            elif name == "JobAssigned":
+                job = job.evolve(phase=JobPhase.ASSIGNED, budget=0, workers=_assignments(a["workers"]))
+            elif name == "ResultSubmitted":
+                job = job.evolve(phase=JobPhase.SUBMITTED, result=bytes(a["result"]),
+                                 challenge_end=a["challengeEnd"])
+            elif name == "JobDisputed":
+                job = job.evolve(phase=JobPhase.DISPUTED, deadline=a["deadline"],
+                                 verifiers=_assignments(a["verifiers"]))
+                v.committed_mask = v.revealed_mask = 1
+            elif name == "ResultCommitted":
+                v.committed_mask |= 1 << a["index"]
+                v.commitments[a["index"]] = bytes(a["commitment"])
+            elif name == "ResultRevealed":
+                v.revealed_mask |= 1 << a["index"]
+                v.reveals[a["index"]] = bytes(a["result"])
+            elif name == "JobSettled":
+                v.settled, v.outcome, v.settlement = True, Outcome(a["outcome"]), dict(a)
+        v.job = job
+        if job is not None and not v.settled:
+            slot = self.market.functions.jobSlot(job_id).call()
+            if slot == SETTLED_SLOT:
+                v.settled = True
+            elif slot & ~0xFFFFFFFF != job.hash224():
+                raise AgoraError(f"job {Web3.to_hex(job_id)}: events do not match the on-chain state "
+                                 f"(a reorg, or logs pruned by the RPC?)")
+        return v
