@@ -9,7 +9,16 @@ import {ReentrancyGuard} from "@openzeppelin/contracts/utils/ReentrancyGuard.sol
 import {IJobMarket} from "./interfaces/IJobMarket.sol";
 import {IProviderRegistry} from "./interfaces/IProviderRegistry.sol";
 import {
-    Assignment, Bid, CollateralOutcome, Job, JobParams, JobPhase, Outcome, SignedBid
+    Assignment,
+    Bid,
+    CollateralOutcome,
+    Job,
+    JobParams,
+    JobPhase,
+    Outcome,
+    Reveal,
+    SignedBid,
+    SignedCommit
 } from "./types/MarketTypes.sol";
 
 /// @title JobMarket
@@ -21,6 +30,8 @@ contract JobMarket is IJobMarket, EIP712, ReentrancyGuard {
     bytes32 private constant _BID_TYPEHASH = keccak256(
         "Bid(bytes32 specHash,address requester,address provider,uint96 price,uint96 collateral,uint32 runSeconds,uint64 expiry,uint256 nonce)"
     );
+    bytes32 private constant _COMMIT_TYPEHASH = keccak256("Commit(bytes32 jobId,uint256 index,bytes32 commitment)");
+    bytes32 private constant _RESULT_TYPEHASH = keccak256("Result(bytes32 jobId,bytes32 result)");
     uint256 private constant _MAX_REPLICAS = 15;
     uint256 private constant _FLAGS = 0xFFFFFFFF;
     uint256 private constant _HASH_MASK = ~_FLAGS;
@@ -167,6 +178,23 @@ contract JobMarket is IJobMarket, EIP712, ReentrancyGuard {
         _pull(job.requester, cost - fromBalance);
     }
 
+    /// @inheritdoc IJobMarket
+    function acceptSignedResult(bytes32 jobId, Job calldata job, bytes32 result, uint8 v, bytes32 r, bytes32 s)
+        external
+        nonReentrant
+    {
+        _load(jobId, job);
+        _onlyRequester(job);
+        if (job.phase != JobPhase.Assigned || job.replicas != 1) revert MarketWrongPhase(jobId, job.phase);
+        if (result == bytes32(0)) revert MarketZeroResult();
+        address provider = job.workers[0].provider;
+        bytes32 digest = _hashTypedDataV4(keccak256(abi.encode(_RESULT_TYPEHASH, jobId, result)));
+        (address signer,,) = ECDSA.tryRecover(digest, v, r, s);
+        if (signer != provider) revert MarketBadResultSignature(provider, signer);
+        emit ResultSubmitted(jobId, provider, result, uint64(block.timestamp));
+        _pay(jobId, job.workers[0], result);
+    }
+
     // ------------------------------------------------------------------ providers
 
     /// @inheritdoc IJobMarket
@@ -198,6 +226,26 @@ contract JobMarket is IJobMarket, EIP712, ReentrancyGuard {
     }
 
     /// @inheritdoc IJobMarket
+    function commitBatch(bytes32 jobId, Job calldata job, SignedCommit[] calldata commits) external {
+        uint256 slot = _load(jobId, job);
+        if (block.timestamp > job.deadline) revert MarketDeadlinePassed(job.deadline, block.timestamp);
+        for (uint256 i = 0; i < commits.length; ++i) {
+            SignedCommit calldata c = commits[i];
+            (Assignment calldata a,) = _participant(jobId, job, c.index);
+            uint256 bit = 1 << c.index;
+            if ((slot >> 16) & bit != 0) continue;
+            if (c.commitment == bytes32(0)) revert MarketZeroResult();
+            bytes32 digest = _hashTypedDataV4(keccak256(abi.encode(_COMMIT_TYPEHASH, jobId, c.index, c.commitment)));
+            (address signer,,) = ECDSA.tryRecover(digest, c.v, c.r, c.s);
+            if (signer != a.provider) revert MarketBadCommitSignature(c.index, signer);
+            _results[jobId][c.index] = c.commitment;
+            slot |= bit << 16;
+            emit ResultCommitted(jobId, a.provider, c.index, c.commitment);
+        }
+        _jobs[jobId] = slot;
+    }
+
+    /// @inheritdoc IJobMarket
     function reveal(bytes32 jobId, Job calldata job, uint256 index, bytes32 result, bytes32 salt)
         external
         nonReentrant
@@ -205,28 +253,21 @@ contract JobMarket is IJobMarket, EIP712, ReentrancyGuard {
         uint256 slot = _load(jobId, job);
         (Assignment calldata a, uint256 n) = _participant(jobId, job, index);
         if (msg.sender != a.provider) revert MarketNotAssignedProvider(msg.sender, index);
-        uint256 bit = 1 << index;
-        uint256 committed = (slot >> 16) & 0xFFFF;
-        if (committed & bit == 0) revert MarketNotCommitted(index);
-        if (slot & bit != 0) revert MarketAlreadyRevealed(index);
-        uint256 full = (1 << n) - 1;
-        if (committed != full && block.timestamp <= job.deadline) {
-            revert MarketRevealNotOpen(job.deadline, block.timestamp);
+        slot = _reveal(jobId, job, slot, n, index, a.provider, result, salt);
+        _afterReveals(jobId, job, slot, n);
+    }
+
+    /// @inheritdoc IJobMarket
+    function revealBatch(bytes32 jobId, Job calldata job, Reveal[] calldata reveals) external nonReentrant {
+        uint256 slot = _load(jobId, job);
+        uint256 n;
+        for (uint256 i = 0; i < reveals.length; ++i) {
+            Reveal calldata rv = reveals[i];
+            Assignment calldata a;
+            (a, n) = _participant(jobId, job, rv.index);
+            slot = _reveal(jobId, job, slot, n, rv.index, a.provider, rv.result, rv.salt);
         }
-        uint256 revealEnd = uint256(job.deadline) + job.window;
-        if (block.timestamp > revealEnd) revert MarketRevealClosed(revealEnd, block.timestamp);
-        if (result == bytes32(0)) revert MarketZeroResult();
-        if (keccak256(abi.encode(jobId, msg.sender, result, salt)) != _results[jobId][index]) {
-            revert MarketCommitmentMismatch(index);
-        }
-        _results[jobId][index] = result;
-        slot |= bit;
-        emit ResultRevealed(jobId, msg.sender, index, result);
-        if (slot & 0xFFFF == committed && (committed == full || block.timestamp > job.deadline)) {
-            _settleMajority(jobId, job, slot, n);
-        } else {
-            _jobs[jobId] = slot;
-        }
+        if (reveals.length != 0) _afterReveals(jobId, job, slot, n);
     }
 
     /// @inheritdoc IJobMarket
@@ -286,6 +327,16 @@ contract JobMarket is IJobMarket, EIP712, ReentrancyGuard {
     }
 
     /// @inheritdoc IJobMarket
+    function commitDigest(bytes32 jobId, uint256 index, bytes32 commitment) external view returns (bytes32) {
+        return _hashTypedDataV4(keccak256(abi.encode(_COMMIT_TYPEHASH, jobId, index, commitment)));
+    }
+
+    /// @inheritdoc IJobMarket
+    function resultDigest(bytes32 jobId, bytes32 result) external view returns (bytes32) {
+        return _hashTypedDataV4(keccak256(abi.encode(_RESULT_TYPEHASH, jobId, result)));
+    }
+
+    /// @inheritdoc IJobMarket
     function isNonceUsed(address provider, uint256 nonce) external view returns (bool) {
         return _nonces[provider][nonce >> 8] & (1 << (nonce & 0xff)) != 0;
     }
@@ -341,6 +392,45 @@ contract JobMarket is IJobMarket, EIP712, ReentrancyGuard {
 
     // ------------------------------------------------------------------ internals
 
+    /// @dev Check and record one reveal; returns the updated slot (not yet stored).
+    function _reveal(
+        bytes32 jobId,
+        Job calldata job,
+        uint256 slot,
+        uint256 n,
+        uint256 index,
+        address provider,
+        bytes32 result,
+        bytes32 salt
+    ) private returns (uint256) {
+        uint256 bit = 1 << index;
+        uint256 committed = (slot >> 16) & 0xFFFF;
+        if (committed & bit == 0) revert MarketNotCommitted(index);
+        if (slot & bit != 0) revert MarketAlreadyRevealed(index);
+        if (committed != (1 << n) - 1 && block.timestamp <= job.deadline) {
+            revert MarketRevealNotOpen(job.deadline, block.timestamp);
+        }
+        uint256 revealEnd = uint256(job.deadline) + job.window;
+        if (block.timestamp > revealEnd) revert MarketRevealClosed(revealEnd, block.timestamp);
+        if (result == bytes32(0)) revert MarketZeroResult();
+        if (keccak256(abi.encode(jobId, provider, result, salt)) != _results[jobId][index]) {
+            revert MarketCommitmentMismatch(index);
+        }
+        _results[jobId][index] = result;
+        emit ResultRevealed(jobId, provider, index, result);
+        return slot | bit;
+    }
+
+    /// @dev Store the slot, or settle when every committed result is revealed and no more can come.
+    function _afterReveals(bytes32 jobId, Job calldata job, uint256 slot, uint256 n) private {
+        uint256 committed = (slot >> 16) & 0xFFFF;
+        if (slot & 0xFFFF == committed && (committed == (1 << n) - 1 || block.timestamp > job.deadline)) {
+            _settleMajority(jobId, job, slot, n);
+        } else {
+            _jobs[jobId] = slot;
+        }
+    }
+
     /// @dev Settle `job` if its deadlines allow; returns 0 when settled, else the first second it could be.
     function _tryFinalize(bytes32 jobId, Job calldata job, uint256 slot) private returns (uint256 readyAt) {
         JobPhase phase = job.phase;
@@ -375,10 +465,13 @@ contract JobMarket is IJobMarket, EIP712, ReentrancyGuard {
 
     /// @dev k = 1 result accepted (explicitly or by an unchallenged window): pay the worker.
     function _completeSingle(bytes32 jobId, Job calldata job) private {
-        Assignment calldata w = job.workers[0];
+        _pay(jobId, job.workers[0], job.result);
+    }
+
+    function _pay(bytes32 jobId, Assignment calldata w, bytes32 result) private {
         _jobs[jobId] = _SETTLED;
         _balances[w.provider] += w.price;
-        emit JobSettled(jobId, Outcome.Completed, job.result, 1, 0, 0, 0);
+        emit JobSettled(jobId, Outcome.Completed, result, 1, 0, 0, 0);
         IProviderRegistry.CollateralChange[] memory changes = new IProviderRegistry.CollateralChange[](1);
         changes[0] = IProviderRegistry.CollateralChange(w.provider, w.collateral, CollateralOutcome.Reward);
         _registry.settle(changes);
@@ -556,11 +649,11 @@ contract JobMarket is IJobMarket, EIP712, ReentrancyGuard {
 
     /// @dev Pull `amount` tokens from `owner`, failing with the amounts instead of the token's own revert.
     function _pull(address owner, uint256 amount) private {
-        if (amount == 0) return;
+        if (amount == 0 || _token.trySafeTransferFrom(owner, address(this), amount)) return;
         uint256 allowance = _token.allowance(owner, address(this));
         if (allowance < amount) revert MarketInsufficientAllowance(owner, allowance, amount);
         uint256 balance = _token.balanceOf(owner);
         if (balance < amount) revert MarketInsufficientBalance(owner, balance, amount);
-        _token.safeTransferFrom(owner, address(this), amount);
+        _token.safeTransferFrom(owner, address(this), amount); // reverts with the token's own reason
     }
 }

@@ -47,6 +47,7 @@ contract ProviderRegistry is IProviderRegistry, ReentrancyGuard {
     /// @param unbondingDelay_ Seconds between `requestUnstake` and `withdrawStake`.
     constructor(IERC20 token_, uint96 minStake_, uint64 unbondingDelay_) {
         if (address(token_) == address(0)) revert RegistryZeroAddress();
+        if (minStake_ == 0) revert RegistryStakeBelowMinimum(0, 1);
         _token = token_;
         _minStake = minStake_;
         _unbondingDelay = unbondingDelay_;
@@ -133,10 +134,13 @@ contract ProviderRegistry is IProviderRegistry, ReentrancyGuard {
 
     /// @inheritdoc IProviderRegistry
     function lock(address provider, uint96 amount) external onlyMarket {
-        if (!_profiles[provider].registered) revert RegistryNotRegistered(provider);
         Account storage account = _accounts[provider];
         (uint96 stake, uint96 locked) = (account.stake, account.locked);
-        if (stake < _minStake) revert RegistryStakeBelowMinimum(stake, _minStake);
+        if (stake < _minStake) {
+            // Only registered providers ever hold stake; the profile is read on this failure path alone.
+            if (!_profiles[provider].registered) revert RegistryNotRegistered(provider);
+            revert RegistryStakeBelowMinimum(stake, _minStake);
+        }
         if (stake - locked < amount) revert RegistryInsufficientFreeStake(provider, stake - locked, amount);
         account.locked = locked + amount;
         emit CollateralLocked(provider, amount);
@@ -234,10 +238,11 @@ contract ProviderRegistry is IProviderRegistry, ReentrancyGuard {
 
     /// @dev Pull `amount` from `owner`, with a precise error instead of the token's own revert.
     function _pull(address owner, uint256 amount) private {
+        if (_token.trySafeTransferFrom(owner, address(this), amount)) return;
         uint256 allowance = _token.allowance(owner, address(this));
         if (allowance < amount) revert RegistryInsufficientAllowance(owner, allowance, amount);
         uint256 balance = _token.balanceOf(owner);
         if (balance < amount) revert RegistryInsufficientBalance(owner, balance, amount);
-        _token.safeTransferFrom(owner, address(this), amount);
+        _token.safeTransferFrom(owner, address(this), amount); // reverts with the token's own reason
     }
 }

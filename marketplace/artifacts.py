@@ -25,7 +25,7 @@ def dumps_canonical(obj: Any) -> str:
 
 
 def artifact_files(directory: Path | None = None) -> list[Path]:
-    """The artifact JSON files of `directory` (default: the package's), sorted by name; build-info included."""
+    """The `*.json` files of `directory` (default: the package's), build-info included, sorted by name."""
     directory = directory or ARTIFACTS_DIR
     if not directory.is_dir():
         return []
@@ -45,7 +45,8 @@ def artifact_hash(directory: Path | None = None) -> str:
     """
     files = artifact_files(directory)
     if not files:
-        raise ToolchainError(f"no contract artifacts in {directory or ARTIFACTS_DIR}: run `agora contracts build`")
+        where = directory or ARTIFACTS_DIR
+        raise ToolchainError(f"no contract artifacts in {where}: run `agora contracts build`")
     digest = hashlib.sha256()
     for path in files:
         digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
@@ -60,7 +61,8 @@ def _load_cached(path: Path, mtime_ns: int) -> dict[str, Any]:
         raise ToolchainError(f"unreadable artifact {path}: {err}; run `agora contracts build`") from err
     missing = ARTIFACT_KEYS - data.keys() if isinstance(data, dict) else ARTIFACT_KEYS
     if missing:
-        raise ToolchainError(f"artifact {path} lacks {', '.join(sorted(missing))}; run `agora contracts build`")
+        lacking = ", ".join(sorted(missing))
+        raise ToolchainError(f"artifact {path} lacks {lacking}; run `agora contracts build`")
     return data
 
 
@@ -76,6 +78,7 @@ def load_artifact(name: str, directory: Path | None = None) -> dict[str, Any]:
     except OSError:
         known = ", ".join(contract_names(directory)) or "none"
         raise ToolchainError(
-            f"no artifact for contract {name!r} in {path.parent} (known: {known}); run `agora contracts build`"
+            f"no artifact for contract {name!r} in {path.parent} (known: {known}); "
+            "run `agora contracts build`"
         ) from None
     return _load_cached(path, mtime_ns)

@@ -68,7 +68,8 @@ class BuildResult:
 
 def _version_of(binary: Path | str) -> str | None:
     try:
-        out = subprocess.run([str(binary), "--version"], capture_output=True, text=True, timeout=60).stdout
+        out = subprocess.run([str(binary), "--version"], check=False, capture_output=True, text=True,
+                             timeout=60).stdout
     except (OSError, subprocess.SubprocessError):
         return None
     match = _VERSION_RE.search(out)
@@ -84,7 +85,7 @@ def find_compiler() -> Compiler:
     if native and (version := _version_of(native)) and version.startswith(SOLC_VERSION + "+"):
         return Compiler(Path(native), version, native=True)
     if shutil.which("node") is None:
-        raise ToolchainError(f"node is not installed (Node 20 is needed to compile contracts); install it, then {_NPM_FIX}")
+        raise ToolchainError(f"node is not installed (needed to compile): install it, then {_NPM_FIX}")
     if not (NODE_MODULES / "solc" / "soljson.js").is_file():
         raise ToolchainError(f"the npm package `solc` is missing from {NODE_MODULES}: {_NPM_FIX}")
     if not (NODE_MODULES / "@openzeppelin" / "contracts").is_dir():
@@ -175,7 +176,7 @@ def make_artifacts(sources: dict[str, str], output: dict[str, Any], root: Path,
             if not bytecode:
                 continue  # interface, abstract contract
             if f"{name}.json" in files:
-                raise ToolchainError(f"two contracts named {name} ({source_name}); artifacts are keyed by name")
+                raise ToolchainError(f"two contracts named {name} ({source_name}): names must be unique")
             art: dict[str, Any] = {
                 "contractName": name, "sourceName": source_name, "abi": contract.get("abi", []),
                 "bytecode": "0x" + bytecode,

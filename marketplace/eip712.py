@@ -57,3 +57,38 @@ def recover_bid_signer(signed: SignedBid, *, chain_id: int, market: str) -> str:
     digest = bid_digest(signed.bid, chain_id=chain_id, market=market)
     return Account._recover_hash(digest, vrs=(signed.v, int.from_bytes(signed.r, "big"),
                                                int.from_bytes(signed.s, "big")))
+
+
+COMMIT_TYPES: dict[str, list[dict[str, str]]] = {
+    "Commit": [{"name": "jobId", "type": "bytes32"}, {"name": "index", "type": "uint256"},
+               {"name": "commitment", "type": "bytes32"}]
+}
+RESULT_TYPES: dict[str, list[dict[str, str]]] = {
+    "Result": [{"name": "jobId", "type": "bytes32"}, {"name": "result", "type": "bytes32"}]
+}
+
+
+def _sign(private_key: Any, types: dict[str, list[dict[str, str]]], message: dict[str, Any], *, chain_id: int,
+          market: str) -> tuple[int, bytes, bytes]:
+    key = getattr(private_key, "key", private_key)
+    signed = Account.sign_typed_data(key, domain(chain_id, market), types, message)
+    return signed.v, signed.r.to_bytes(32, "big"), signed.s.to_bytes(32, "big")
+
+
+def sign_commit(private_key: Any, job_id: bytes, index: int, commitment: bytes, *, chain_id: int,
+                market: str) -> tuple[Any, ...]:
+    """A `SignedCommit` tuple (index, commitment, v, r, s) that anyone may post with `commitBatch`."""
+    v, r, s = _sign(private_key, COMMIT_TYPES, {"jobId": job_id, "index": index, "commitment": commitment},
+                    chain_id=chain_id, market=market)
+    return (index, commitment, v, r, s)
+
+
+def sign_result(private_key: Any, job_id: bytes, result: bytes, *, chain_id: int, market: str) -> tuple[int, bytes, bytes]:
+    """(v, r, s) over `Result(jobId, result)`, for the requester's `acceptSignedResult`."""
+    return _sign(private_key, RESULT_TYPES, {"jobId": job_id, "result": result}, chain_id=chain_id, market=market)
+
+
+def typed_digest(types: dict[str, list[dict[str, str]]], message: dict[str, Any], *, chain_id: int,
+                 market: str) -> bytes:
+    """Digest of any of this module's typed messages (for cross-checking against the contract)."""
+    return bytes(_hash_eip191_message(encode_typed_data(domain(chain_id, market), types, message)))

@@ -146,6 +146,22 @@ class Market:
         fn = self.client.market.functions.reveal(job_id, self._job(job_id), index, result, salt)
         return self.client.transact(fn, action="reveal")
 
+    def accept_signed_result(self, job_id: bytes, result: bytes, signature: tuple[int, bytes, bytes]) -> TxResult:
+        """Requester: pay a k = 1 job at once with the provider's signed result (see eip712.sign_result)."""
+        v, r, s = signature
+        fn = self.client.market.functions.acceptSignedResult(job_id, self._job(job_id), result, v, r, s)
+        return self.client.transact(fn, action="accept signed result")
+
+    def commit_batch(self, job_id: bytes, signed_commits: Sequence[tuple[Any, ...]]) -> TxResult:
+        """Post participants' signed commitments (see eip712.sign_commit) in one transaction."""
+        fn = self.client.market.functions.commitBatch(job_id, self._job(job_id), list(signed_commits))
+        return self.client.transact(fn, action="commit batch")
+
+    def reveal_batch(self, job_id: bytes, reveals: Sequence[tuple[int, bytes, bytes]]) -> TxResult:
+        """Open several commitments, given as (index, result, salt), in one transaction."""
+        fn = self.client.market.functions.revealBatch(job_id, self._job(job_id), list(reveals))
+        return self.client.transact(fn, action="reveal batch")
+
     def participant_index(self, job_id: bytes, provider: str | None = None) -> int:
         """Where `provider` (default: this account) sits among the job's commit-reveal participants."""
         view = self.job(job_id)

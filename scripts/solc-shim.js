@@ -79,7 +79,7 @@ function makeImportCallback(opts) {
   const base = path.resolve(opts.basePath || process.cwd());
   const includes = opts.includePaths.map((p) => path.resolve(p));
   const fallback = nodeModulesAbove(base);
-  const roots = [base, ...includes, ...fallback];
+  const roots = [...new Set([base, ...includes, ...fallback])];
   const allowed = [...roots, ...opts.allowPaths.map((p) => path.resolve(p))];
   return function findImports(sourceUnitName) {
     const candidates = path.isAbsolute(sourceUnitName)

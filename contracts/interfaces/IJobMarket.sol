@@ -1,7 +1,9 @@
 // SPDX-License-Identifier: Apache-2.0
 pragma solidity ^0.8.24;
 
-import {Assignment, Bid, Job, JobParams, JobPhase, Outcome, SignedBid} from "../types/MarketTypes.sol";
+import {
+    Assignment, Bid, Job, JobParams, JobPhase, Outcome, Reveal, SignedBid, SignedCommit
+} from "../types/MarketTypes.sol";
 
 /// @title Job market: off-chain negotiation, on-chain escrow, verification and settlement.
 /// @notice A requester opens a job with providers' signed bids and locks the escrow in one transaction.
@@ -79,6 +81,8 @@ interface IJobMarket {
     error MarketNotFinalizable(bytes32 jobId, JobPhase phase, uint256 readyAt);
     error MarketLengthMismatch(uint256 ids, uint256 jobs);
     error MarketZeroAmount();
+    error MarketBadCommitSignature(uint256 index, address signer);
+    error MarketBadResultSignature(address provider, address signer);
     error MarketWrongBidCount(uint256 given, uint256 expected);
     error MarketInsufficientWithdrawable(address account, uint256 available, uint256 requested);
 
@@ -114,6 +118,20 @@ interface IJobMarket {
     /// before deadline + window. The last expected reveal settles the job.
     function reveal(bytes32 jobId, Job calldata job, uint256 index, bytes32 result, bytes32 salt) external;
 
+    /// @notice Requester only: accept a k = 1 job's result that the provider signed off-chain
+    /// (EIP-712 `Result(bytes32 jobId,bytes32 result)`), paying it at once: one transaction instead of the
+    /// provider's submitResult plus accept. The provider can always fall back to submitResult itself.
+    function acceptSignedResult(bytes32 jobId, Job calldata job, bytes32 result, uint8 v, bytes32 r, bytes32 s)
+        external;
+
+    /// @notice Anyone: post participants' signed commitments in one transaction (same rules as commit;
+    /// indices already committed are skipped).
+    function commitBatch(bytes32 jobId, Job calldata job, SignedCommit[] calldata commits) external;
+
+    /// @notice Anyone: open several commitments in one transaction (same rules as reveal); settles the job
+    /// when the last expected reveal is in.
+    function revealBatch(bytes32 jobId, Job calldata job, Reveal[] calldata reveals) external;
+
     /// @notice Anyone: settle a job whose deadlines have passed (or whose results are all in).
     function finalize(bytes32 jobId, Job calldata job) external;
 
@@ -132,6 +150,12 @@ interface IJobMarket {
 
     /// @notice The EIP-712 digest a provider signs for `bid`.
     function bidDigest(Bid calldata bid) external view returns (bytes32);
+
+    /// @notice The EIP-712 digest a participant signs to have `commitment` posted for it by someone else.
+    function commitDigest(bytes32 jobId, uint256 index, bytes32 commitment) external view returns (bytes32);
+
+    /// @notice The EIP-712 digest a k = 1 provider signs over its result for `acceptSignedResult`.
+    function resultDigest(bytes32 jobId, bytes32 result) external view returns (bytes32);
 
     /// @notice Whether `nonce` of `provider` was used or cancelled.
     function isNonceUsed(address provider, uint256 nonce) external view returns (bool);

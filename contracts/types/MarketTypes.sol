@@ -54,6 +54,23 @@ struct SignedBid {
     bytes32 s;
 }
 
+/// @notice A participant's commitment, signed with EIP-712 (`Commit(bytes32 jobId,uint256 index,bytes32 commitment)`)
+/// so that anyone (usually the requester) can post every commitment of a job in one transaction.
+struct SignedCommit {
+    uint256 index;
+    bytes32 commitment;
+    uint8 v;
+    bytes32 r;
+    bytes32 s;
+}
+
+/// @notice An opening of a commitment; anyone may post it, since the commitment binds the provider's address.
+struct Reveal {
+    uint256 index;
+    bytes32 result;
+    bytes32 salt;
+}
+
 /// @notice One provider's place in a job: what it is paid, and the collateral it has at stake.
 struct Assignment {
     address provider;
