@@ -20,7 +20,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 from marketplace.errors import ChainError, RpcUnreachableError
 
@@ -173,8 +173,7 @@ class LocalChain:
         if self.kind == "anvil":
             native = sorted(nm.glob("@foundry-rs/anvil-*/bin/anvil"))
             binary = native[0] if native else nm / ".bin" / "anvil"
-            if not binary.exists():
-                raise ChainError(f"anvil not found under {nm}: run `npm ci` in the repository root")
+            _require(binary, "anvil", nm)
             return [str(binary), "--host", "127.0.0.1", "--port", port, "--chain-id", str(self.chain_id),
                     "--mnemonic", DEV_MNEMONIC, "--accounts", "10", "--balance", "10000"], nm.parent
         node = shutil.which("node")
@@ -182,15 +181,13 @@ class LocalChain:
             raise ChainError(f"{self.kind} needs Node.js (`node`) on PATH")
         if self.kind == "ganache":
             cli = nm / "ganache" / "dist" / "node" / "cli.js"
-            if not cli.exists():
-                raise ChainError(f"ganache not found under {nm}: run `npm ci` in the repository root")
+            _require(cli, "ganache", nm)
             return [node, str(cli), "--server.host", "127.0.0.1", "--server.port", port,
                     "--chain.chainId", str(self.chain_id), "--wallet.mnemonic", DEV_MNEMONIC,
                     "--wallet.totalAccounts", "10", "--wallet.defaultBalance", "10000",
                     "--miner.instamine", "eager", "--logging.quiet"], nm.parent
         cli = nm / "hardhat" / "internal" / "cli" / "cli.js"
-        if not cli.exists():
-            raise ChainError(f"hardhat not found under {nm}: run `npm ci` in the repository root")
+        _require(cli, "hardhat", nm)
         assert self._tmp is not None
         config = self._tmp / "hardhat.config.js"
         config.write_text(_HARDHAT_CONFIG)
@@ -198,7 +195,7 @@ class LocalChain:
         return [node, str(cli), "node", "--config", str(config), "--hostname", "127.0.0.1", "--port", port], \
             nm.parent
 
-    def start(self) -> LocalChain:
+    def start(self) -> Self:
         """Start the chain and wait until it answers `eth_chainId` with the expected id.
 
         Raises ChainError if the binary is missing, the port is taken, or the process dies or never answers
@@ -230,12 +227,14 @@ class LocalChain:
             try:
                 self._wait_ready()
                 return self
-            except ChainError as err:
+            except ChainError:
                 tail = self.log_tail().lower()
-                in_use = "in use" in tail or "eaddrinuse" in tail
                 self.stop()
-                if not (auto_port and in_use and attempt < 2):
-                    raise err
+                if not (auto_port and ("in use" in tail or "eaddrinuse" in tail) and attempt < 2):
+                    raise
+            except BaseException:  # Ctrl-C while waiting: leave nothing running
+                self.stop()
+                raise
         raise AssertionError("unreachable")
 
     def _wait_ready(self) -> None:
@@ -280,7 +279,7 @@ class LocalChain:
             shutil.rmtree(self._tmp, ignore_errors=True)
             self._tmp = None
 
-    def __enter__(self) -> LocalChain:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
@@ -290,6 +289,12 @@ class LocalChain:
     def __repr__(self) -> str:
         state = f"pid {self.pid}" if self.running else "stopped"
         return f"LocalChain({self.kind!r}, {self.rpc_url}, chain id {self.chain_id}, {state})"
+
+
+def _require(path: Path, what: str, nm: Path) -> None:
+    if not path.exists():
+        raise ChainError(f"{what} not found under {nm}: run `npm ci` in the repository root "
+                         "(or point AGORA_NODE_MODULES at a node_modules that has it)")
 
 
 def _kill_group(proc: subprocess.Popen[bytes], timeout: float) -> None:

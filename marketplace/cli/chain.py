@@ -9,7 +9,6 @@ from types import FrameType
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
 from marketplace.chain import DEV_ACCOUNTS, LocalChain
 from marketplace.cli import app
@@ -19,7 +18,7 @@ from marketplace.errors import ChainError, ConfigError
 chain_app = typer.Typer(help="Run a local development chain.", no_args_is_help=True)
 app.add_typer(chain_app, name="chain")
 
-out = Console()
+out = Console(soft_wrap=True, highlight=False)
 err_console = Console(stderr=True)
 
 
@@ -38,13 +37,9 @@ def _print_info(chain: LocalChain) -> None:
     out.print(f"[bold green]{chain.kind}[/bold green] is running")
     out.print(f"  RPC URL   {chain.rpc_url}")
     out.print(f"  chain id  {chain.chain_id}")
-    table = Table(title="Dev accounts (10000 ETH each)", title_justify="left")
-    table.add_column("#", justify="right")
-    table.add_column("address")
-    table.add_column("private key")
+    out.print("Dev accounts (10000 ETH each): index, address, private key")
     for i, (key, addr) in enumerate(DEV_ACCOUNTS):
-        table.add_row(str(i), addr, key)
-    out.print(table)
+        out.print(f"  ({i}) {addr}  {key}")
     out.print("[yellow]These are the well-known public dev keys of the mnemonic "
               "'test test ... junk': anyone can spend from them; never use them on a real network.[/yellow]")
     out.print(f"Press Ctrl-C to stop. (e.g. export AGORA_RPC={chain.rpc_url})")
