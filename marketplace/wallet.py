@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from eth_account import Account
-from eth_utils import is_hex_address, to_checksum_address
+from eth_utils import ValidationError, is_hex_address, to_checksum_address
 
 from marketplace.errors import WalletError, WrongPasswordError
 
@@ -44,11 +44,21 @@ class Keystore:
 
 # ---------------------------------------------------------------- reading and writing files
 def check_name(name: str) -> None:
+    """Raise WalletError unless `name` is 1-64 letters, digits, '-' or '_'."""
     if not NAME_RE.match(name):
         raise WalletError(f"invalid keystore name {name!r}: use 1-64 letters, digits, '-' or '_'")
 
 
+def ensure_free(name: str, keystore_dir: Path) -> None:
+    """Raise WalletError if `name` is invalid or already taken (check before asking for secrets)."""
+    check_name(name)
+    path = Path(keystore_dir) / f"{name}.json"
+    if path.exists():
+        raise WalletError(f"keystore {name!r} already exists at {path}; choose another name")
+
+
 def keyfile_address(data: dict[str, Any]) -> str | None:
+    """The checksum address a keystore records, or None when it records none (cast) or a malformed one."""
     raw = data.get("address")
     if isinstance(raw, str):
         raw = raw if raw.startswith(("0x", "0X")) else "0x" + raw
@@ -82,13 +92,13 @@ def _load(path: Path) -> Keystore:
 def _write(name: str, data: dict[str, Any], keystore_dir: Path) -> Keystore:
     """Store `data` as `<name>.json`, refusing existing names and already-present addresses."""
     check_name(name)
+    keystore_dir = Path(keystore_dir)
     address = keyfile_address(data)
     assert address is not None, "keystore data must carry its address"
     keystore_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.chmod(keystore_dir, 0o700)
+    ensure_free(name, keystore_dir)
     path = keystore_dir / f"{name}.json"
-    if path.exists():
-        raise WalletError(f"keystore {name!r} already exists at {path}; choose another name")
     for other in list_keystores(keystore_dir):
         if other.address.lower() == address.lower():
             raise WalletError(f"address {address} is already stored as keystore {other.name!r}")
@@ -147,7 +157,7 @@ def import_mnemonic(name: str, mnemonic: str, password: str, *, keystore_dir: Pa
     Account.enable_unaudited_hdwallet_features()
     try:
         acct = Account.from_mnemonic(" ".join(mnemonic.split()), account_path=hd_path)
-    except Exception as err:  # eth_account raises ValidationError/ValueError; messages may quote the words
+    except (ValidationError, ValueError) as err:  # never echo err: its message quotes the words
         raise WalletError(f"not a valid BIP-39 mnemonic or derivation path {hd_path!r} "
                           f"({type(err).__name__})") from None
     return _write(name, _encrypt(acct.key, password, iterations), keystore_dir)
