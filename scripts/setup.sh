@@ -26,7 +26,14 @@ fi
 lockhash="$(sha256sum package-lock.json | cut -d' ' -f1)"
 if [ "$(cat node_modules/.tensoragora-lock 2>/dev/null)" != "$lockhash" ]; then
   echo "== installing npm toolchain from package-lock.json (solc, OpenZeppelin, anvil, ganache, hardhat)"
-  npm ci --no-audit --no-fund --loglevel=error
+  # Not `npm ci`: @foundry-rs/* list optional per-platform binaries that the registry does not serve for every
+  # platform, so the lock cannot hold them and `npm ci` refuses. `npm install` with the committed lock installs
+  # exactly the locked versions; the check below fails if it had to change the lock.
+  npm install --no-audit --no-fund --loglevel=error
+  if [ "$(sha256sum package-lock.json | cut -d' ' -f1)" != "$lockhash" ]; then
+    echo "package-lock.json changed during install: the lock is out of date with package.json" >&2
+    exit 1
+  fi
   echo "$lockhash" > node_modules/.tensoragora-lock
 fi
 export HARDHAT_DISABLE_TELEMETRY_PROMPT=true
