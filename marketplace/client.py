@@ -10,6 +10,7 @@ from typing import Any
 
 import requests
 from eth_account.signers.local import LocalAccount
+from eth_typing import HexStr
 from web3 import Web3
 from web3.contract import Contract
 from web3.contract.contract import ContractFunction
@@ -17,7 +18,13 @@ from web3.exceptions import ContractLogicError, TimeExhausted, Web3Exception, We
 
 from marketplace.artifacts import load_artifact
 from marketplace.deployment import Deployment
-from marketplace.errors import AgoraError, ConfigError, DeploymentError, RpcUnreachableError, TransactionRevertedError
+from marketplace.errors import (
+    AgoraError,
+    ConfigError,
+    DeploymentError,
+    RpcUnreachableError,
+    TransactionRevertedError,
+)
 from marketplace.revert import to_agora_error
 
 ProgressFn = Callable[[str], None]
@@ -100,7 +107,7 @@ class ChainClient:
         except requests.exceptions.RequestException as err:
             raise RpcUnreachableError(f"RPC stopped answering during {action}: {type(err).__name__}") from None
 
-    def transact(self, fn: ContractFunction, *, action: str, gas: int | None = None) -> TxResult:
+    def transact(self, fn: Any, *, action: str, gas: int | None = None) -> TxResult:
         """Simulate, sign, send and wait for `fn`; return its receipt.
 
         Raises TransactionRevertedError / InsufficientFundsError (decoded custom errors), RpcUnreachableError.
@@ -109,8 +116,8 @@ class ChainClient:
         try:
             if gas is None:
                 gas = int(fn.estimate_gas({"from": sender}) * 1.25) + 20_000
-            tx = fn.build_transaction({"from": sender, "nonce": self._next_nonce(), "gas": gas,
-                                       "chainId": self.chain_id})
+            params: Any = {"from": sender, "nonce": self._next_nonce(), "gas": gas, "chainId": self.chain_id}
+            tx: Any = fn.build_transaction(params)
             signed = self.account.sign_transaction(tx)  # type: ignore[union-attr]
             tx_hash = self.w3.eth.send_raw_transaction(signed.raw_transaction)
         except (ContractLogicError, Web3RPCError, ValueError) as err:
@@ -124,7 +131,7 @@ class ChainClient:
 
     def wait(self, tx_hash: str, *, action: str, fn: ContractFunction | None = None) -> TxResult:
         try:
-            receipt = self.w3.eth.wait_for_transaction_receipt(tx_hash, timeout=self.receipt_timeout,
+            receipt = self.w3.eth.wait_for_transaction_receipt(HexStr(tx_hash), timeout=self.receipt_timeout,
                                                                poll_latency=0.05)
         except TimeExhausted:
             raise AgoraError(f"{action}: no receipt for {tx_hash} after {self.receipt_timeout:.0f} s") from None
@@ -142,7 +149,7 @@ class ChainClient:
 
     def _next_nonce(self) -> int:
         if self._nonce is None:
-            self._nonce = self.w3.eth.get_transaction_count(self.address, "pending")
+            self._nonce = self.w3.eth.get_transaction_count(Web3.to_checksum_address(self.address), "pending")
         return self._nonce
 
     def with_account(self, account: LocalAccount | None) -> ChainClient:

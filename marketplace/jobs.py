@@ -9,7 +9,7 @@ from eth_utils import event_abi_to_log_topic
 from web3 import Web3
 
 from marketplace.errors import AgoraError
-from marketplace.types import Assignment, Job, JobPhase, Outcome, SETTLED_SLOT
+from marketplace.types import SETTLED_SLOT, Assignment, Job, JobPhase, Outcome
 
 
 class JobNotFoundError(AgoraError, LookupError):

@@ -7,8 +7,8 @@ take) and, where the chain returns it, `from_abi()`.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field, replace
 from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from typing import Any, NewType
 
 from eth_abi import encode as abi_encode
@@ -43,7 +43,7 @@ class Outcome(enum.IntEnum):
     CANCELLED = 3
 
 
-def to_wei(tokens: float | int | str) -> Wei:
+def to_wei(tokens: float | str) -> Wei:
     """Whole tokens (as typed by a user, e.g. "1.5") to base units."""
     from decimal import Decimal
 
@@ -60,7 +60,7 @@ def from_wei(amount: int) -> str:
 
 def b32(value: bytes | str) -> bytes:
     """Coerce a 0x-hex string or bytes to exactly 32 bytes (raises ValueError otherwise)."""
-    raw = bytes.fromhex(value[2:] if value.startswith("0x") else value) if isinstance(value, str) else bytes(value)
+    raw = bytes.fromhex(value.removeprefix("0x")) if isinstance(value, str) else bytes(value)
     if len(raw) != 32:
         raise ValueError(f"expected 32 bytes, got {len(raw)}")
     return raw

@@ -51,10 +51,10 @@ def spinner(message: str) -> Iterator[None]:
 
 
 # ---------------------------------------------------------------- shared options and connections
-from pathlib import Path  # noqa: E402
-from typing import Annotated  # noqa: E402
+from pathlib import Path
+from typing import Annotated
 
-from marketplace.config import load_settings  # noqa: E402
+from marketplace.config import load_settings
 
 RpcOpt = Annotated[str | None, typer.Option("--rpc", help="JSON-RPC URL [env AGORA_RPC, default http://127.0.0.1:8545]")]
 DeploymentsOpt = Annotated[Path | None, typer.Option("--deployments", help="Folder of <chainId>.json files [env AGORA_DEPLOYMENTS, default ./deployments]")]

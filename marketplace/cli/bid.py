@@ -3,15 +3,25 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from marketplace.cli import app
-from marketplace.cli._common import (AccountOpt, DeploymentsOpt, JsonOpt, PasswordFileOpt, RpcOpt, console,
-                                     emit_json, handle_errors, open_market, parse_amount, parse_b32)
+from marketplace.cli._common import (
+    AccountOpt,
+    DeploymentsOpt,
+    JsonOpt,
+    PasswordFileOpt,
+    RpcOpt,
+    console,
+    emit_json,
+    handle_errors,
+    open_market,
+    parse_amount,
+    parse_b32,
+)
 
 bid_app = typer.Typer(help="Sign and check bids (EIP-712 offers for a job spec).", no_args_is_help=True)
 app.add_typer(bid_app, name="bid")

@@ -7,8 +7,18 @@ from typing import Annotated
 import typer
 
 from marketplace.cli import app
-from marketplace.cli._common import (AccountOpt, DeploymentsOpt, JsonOpt, PasswordFileOpt, RpcOpt, console,
-                                     emit_json, handle_errors, parse_amount, spinner)
+from marketplace.cli._common import (
+    AccountOpt,
+    DeploymentsOpt,
+    JsonOpt,
+    PasswordFileOpt,
+    RpcOpt,
+    console,
+    emit_json,
+    handle_errors,
+    parse_amount,
+    spinner,
+)
 
 DEV_MNEMONIC = "test test test test test test test test test test test junk"
 

@@ -8,9 +8,21 @@ from typing import Annotated, Any
 import typer
 
 from marketplace.cli import app
-from marketplace.cli._common import (AccountOpt, DeploymentsOpt, JsonOpt, PasswordFileOpt, RpcOpt, console,
-                                     emit_json, handle_errors, open_market, parse_amount, parse_b32, spinner,
-                                     tx_line)
+from marketplace.cli._common import (
+    AccountOpt,
+    DeploymentsOpt,
+    JsonOpt,
+    PasswordFileOpt,
+    RpcOpt,
+    console,
+    emit_json,
+    handle_errors,
+    open_market,
+    parse_amount,
+    parse_b32,
+    spinner,
+    tx_line,
+)
 
 job_app = typer.Typer(help="Open, assign, accept, dispute, finalize, expire and cancel jobs.", no_args_is_help=True)
 app.add_typer(job_app, name="job")

@@ -10,9 +10,21 @@ from typing import Annotated
 import typer
 
 from marketplace.cli import app
-from marketplace.cli._common import (AccountOpt, DeploymentsOpt, JsonOpt, PasswordFileOpt, RpcOpt, console,
-                                     emit_json, handle_errors, open_market, parse_amount, parse_b32, spinner,
-                                     tx_line)
+from marketplace.cli._common import (
+    AccountOpt,
+    DeploymentsOpt,
+    JsonOpt,
+    PasswordFileOpt,
+    RpcOpt,
+    console,
+    emit_json,
+    handle_errors,
+    open_market,
+    parse_amount,
+    parse_b32,
+    spinner,
+    tx_line,
+)
 
 provider_app = typer.Typer(help="Register, stake, unstake; submit, commit and reveal results.", no_args_is_help=True)
 app.add_typer(provider_app, name="provider")

@@ -7,8 +7,20 @@ from typing import Annotated
 import typer
 
 from marketplace.cli import app
-from marketplace.cli._common import (AccountOpt, DeploymentsOpt, JsonOpt, PasswordFileOpt, RpcOpt, console,
-                                     emit_json, handle_errors, open_market, parse_amount, spinner, tx_line)
+from marketplace.cli._common import (
+    AccountOpt,
+    DeploymentsOpt,
+    JsonOpt,
+    PasswordFileOpt,
+    RpcOpt,
+    console,
+    emit_json,
+    handle_errors,
+    open_market,
+    parse_amount,
+    spinner,
+    tx_line,
+)
 
 token_app = typer.Typer(help="ETH and token balances, dev faucet, transfers and approvals.", no_args_is_help=True)
 app.add_typer(token_app, name="token")
