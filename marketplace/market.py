@@ -129,7 +129,15 @@ class Market:
                                     action="finalize")
 
     def finalize_batch(self, job_ids: Sequence[bytes]) -> TxResult:
-        jobs = [self._job(j) for j in job_ids]
+        """Settle every job of `job_ids` that is ready; ids already settled are skipped (by the contract)."""
+        jobs = []
+        for j in job_ids:
+            view = self.job(j)  # JobNotFoundError for an id this market never opened
+            if view.settled and view.job is not None:
+                # finalizeBatch skips a settled job before reading its struct: its last known state will do.
+                jobs.append(view.job.as_abi())
+            else:
+                jobs.append(self._job(j))
         return self.client.transact(self.client.market.functions.finalizeBatch(list(job_ids), jobs),
                                     action="finalize batch")
 
