@@ -33,9 +33,12 @@ contract JobMarket is IJobMarket, EIP712, ReentrancyGuard {
     bytes32 private constant _COMMIT_TYPEHASH = keccak256("Commit(bytes32 jobId,uint256 index,bytes32 commitment)");
     bytes32 private constant _RESULT_TYPEHASH = keccak256("Result(bytes32 jobId,bytes32 result)");
     uint256 private constant _MAX_REPLICAS = 15;
+    // Positions of Job fields in its ABI head (see MarketTypes.sol).
+    uint256 private constant _FIELD_PHASE = 5;
+    uint256 private constant _FIELD_RESULT = 7;
+    uint256 private constant _FIELD_CHALLENGE_END = 8;
     uint256 private constant _FLAGS = 0xFFFFFFFF;
     uint256 private constant _HASH_MASK = ~_FLAGS;
-    uint256 private constant _SETTLED = 1;
 
     IERC20 private immutable _token;
     IProviderRegistry private immutable _registry;
@@ -44,7 +47,7 @@ contract JobMarket is IJobMarket, EIP712, ReentrancyGuard {
     uint32 private immutable _minWindow;
     uint32 private immutable _maxWindow;
 
-    /// @dev hash224(job) | committed bitmap << 16 | revealed bitmap; 1 once settled.
+    /// @dev hash224(job) | committed bitmap << 16 | revealed bitmap; deleted at settlement (gas refund).
     mapping(bytes32 jobId => uint256) private _jobs;
     /// @dev Commitment of participant i, replaced by its result on reveal; cleared at settlement.
     mapping(bytes32 jobId => mapping(uint256 index => bytes32)) private _results;
@@ -62,7 +65,7 @@ contract JobMarket is IJobMarket, EIP712, ReentrancyGuard {
     }
 
     /// @param token_ Payment token (any ERC-20).
-    /// @param registry_ The provider registry; it must name this market with `setMarket`.
+    /// @param registry_ The provider registry, deployed just before with this market's address.
     /// @param minRun_ Shortest time from now to a job's result deadline.
     /// @param maxRun_ Longest time from now to a job's result deadline.
     /// @param minWindow_ Shortest challenge / reveal window.
@@ -90,7 +93,7 @@ contract JobMarket is IJobMarket, EIP712, ReentrancyGuard {
         nonReentrant
         returns (bytes32 jobId)
     {
-        jobId = keccak256(abi.encode(msg.sender, params.salt));
+        jobId = keccak256(abi.encode(msg.sender, params.salt, block.number));
         if (_jobs[jobId] != 0) revert MarketJobExists(jobId);
         _checkTiming(params.deadline, params.window);
         Job memory job;
@@ -114,9 +117,8 @@ contract JobMarket is IJobMarket, EIP712, ReentrancyGuard {
         _jobs[jobId] = _hashMemory(job);
         uint96 fromBalance = _useBalance(msg.sender, escrow);
         emit JobOpened(
-            jobId, msg.sender, job.specHash, job.deadline, job.window, job.replicas, escrow, fromBalance
+            jobId, msg.sender, job.specHash, job.deadline, job.window, job.replicas, escrow, fromBalance, job.workers
         );
-        if (bids.length != 0) emit JobAssigned(jobId, job.workers, 0);
         _pull(msg.sender, escrow - fromBalance);
     }
 
@@ -199,15 +201,19 @@ contract JobMarket is IJobMarket, EIP712, ReentrancyGuard {
 
     /// @inheritdoc IJobMarket
     function submitResult(bytes32 jobId, Job calldata job, bytes32 result) external {
-        _load(jobId, job);
+        bytes memory encoded = abi.encode(job);
+        _check(jobId, _jobs[jobId], encoded);
         if (job.phase != JobPhase.Assigned || job.replicas != 1) revert MarketWrongPhase(jobId, job.phase);
         if (msg.sender != job.workers[0].provider) revert MarketNotAssignedProvider(msg.sender, 0);
         if (block.timestamp > job.deadline) revert MarketDeadlinePassed(job.deadline, block.timestamp);
         if (result == bytes32(0)) revert MarketZeroResult();
-        Job memory next = job;
         uint64 challengeEnd = uint64(block.timestamp) + job.window;
-        (next.phase, next.result, next.challengeEnd) = (JobPhase.Submitted, result, challengeEnd);
-        _jobs[jobId] = _hashMemory(next);
+        // Patch phase, result and challengeEnd in place in the job's ABI encoding and hash it again, instead of
+        // copying the struct to memory and encoding it a second time.
+        _setField(encoded, _FIELD_PHASE, uint256(JobPhase.Submitted));
+        _setField(encoded, _FIELD_RESULT, uint256(result));
+        _setField(encoded, _FIELD_CHALLENGE_END, challengeEnd);
+        _jobs[jobId] = uint256(keccak256(encoded)) & _HASH_MASK;
         emit ResultSubmitted(jobId, msg.sender, result, challengeEnd);
     }
 
@@ -293,7 +299,7 @@ contract JobMarket is IJobMarket, EIP712, ReentrancyGuard {
     {
         if (jobIds.length != jobs.length) revert MarketLengthMismatch(jobIds.length, jobs.length);
         for (uint256 i = 0; i < jobIds.length; ++i) {
-            if (_jobs[jobIds[i]] == _SETTLED) continue;
+            if (_jobs[jobIds[i]] == 0) continue; // settled meanwhile (or never opened)
             uint256 slot = _load(jobIds[i], jobs[i]);
             uint256 readyAt = _tryFinalize(jobIds[i], jobs[i], slot);
             if (readyAt != 0) revert MarketNotFinalizable(jobIds[i], jobs[i].phase, readyAt);
@@ -458,7 +464,7 @@ contract JobMarket is IJobMarket, EIP712, ReentrancyGuard {
     }
 
     function _closeOpen(bytes32 jobId, Job calldata job) private {
-        _jobs[jobId] = _SETTLED;
+        delete _jobs[jobId];
         _balances[job.requester] += job.budget;
         emit JobSettled(jobId, Outcome.Cancelled, bytes32(0), 0, 0, job.budget, 0);
     }
@@ -469,7 +475,7 @@ contract JobMarket is IJobMarket, EIP712, ReentrancyGuard {
     }
 
     function _pay(bytes32 jobId, Assignment calldata w, bytes32 result) private {
-        _jobs[jobId] = _SETTLED;
+        delete _jobs[jobId];
         _balances[w.provider] += w.price;
         emit JobSettled(jobId, Outcome.Completed, result, 1, 0, 0, 0);
         IProviderRegistry.CollateralChange[] memory changes = new IProviderRegistry.CollateralChange[](1);
@@ -480,7 +486,7 @@ contract JobMarket is IJobMarket, EIP712, ReentrancyGuard {
     /// @dev k = 1 with no result by the deadline: refund the price, slash the collateral to the requester.
     function _expireSingle(bytes32 jobId, Job calldata job) private {
         Assignment calldata w = job.workers[0];
-        _jobs[jobId] = _SETTLED;
+        delete _jobs[jobId];
         _balances[job.requester] += uint256(w.price) + w.collateral;
         emit JobSettled(jobId, Outcome.Expired, bytes32(0), 0, 1, w.price, w.collateral);
         IProviderRegistry.CollateralChange[] memory changes = new IProviderRegistry.CollateralChange[](1);
@@ -519,7 +525,7 @@ contract JobMarket is IJobMarket, EIP712, ReentrancyGuard {
             changes[i] = IProviderRegistry.CollateralChange(a.provider, a.collateral, outcome);
             if (!(disputed && i == 0) && (slot >> 16) & (1 << i) != 0) delete _results[jobId][i];
         }
-        _jobs[jobId] = _SETTLED;
+        delete _jobs[jobId];
         _balances[job.requester] += t.refund + t.compensation;
         emit JobSettled(
             jobId,
@@ -619,8 +625,19 @@ contract JobMarket is IJobMarket, EIP712, ReentrancyGuard {
     function _load(bytes32 jobId, Job calldata job) private view returns (uint256 slot) {
         slot = _jobs[jobId];
         if (slot == 0) revert MarketUnknownJob(jobId);
-        if (slot == _SETTLED) revert MarketJobAlreadySettled(jobId);
         if (slot & _HASH_MASK != _hashCalldata(job)) revert MarketJobMismatch(jobId);
+    }
+
+    function _check(bytes32 jobId, uint256 slot, bytes memory encoded) private pure {
+        if (slot == 0) revert MarketUnknownJob(jobId);
+        if (slot & _HASH_MASK != uint256(keccak256(encoded)) & _HASH_MASK) revert MarketJobMismatch(jobId);
+    }
+
+    /// @dev Overwrite head word `field` of abi.encode(job) (a dynamic tuple: one offset word, then the head).
+    function _setField(bytes memory encoded, uint256 field, uint256 value) private pure {
+        assembly ("memory-safe") {
+            mstore(add(encoded, add(64, mul(field, 32))), value)
+        }
     }
 
     function _onlyRequester(Job calldata job) private view {

@@ -36,8 +36,7 @@ contract ProviderRegistry is IProviderRegistry, ReentrancyGuard {
     IERC20 private immutable _token;
     uint96 private immutable _minStake;
     uint64 private immutable _unbondingDelay;
-    address private immutable _deployer;
-    address private _market;
+    address private immutable _market;
 
     mapping(address provider => Account) private _accounts;
     mapping(address provider => Profile) private _profiles;
@@ -45,27 +44,21 @@ contract ProviderRegistry is IProviderRegistry, ReentrancyGuard {
     /// @param token_ The ERC-20 staked here (any ERC-20 works).
     /// @param minStake_ Minimum stake to register and to take jobs.
     /// @param unbondingDelay_ Seconds between `requestUnstake` and `withdrawStake`.
-    constructor(IERC20 token_, uint96 minStake_, uint64 unbondingDelay_) {
-        if (address(token_) == address(0)) revert RegistryZeroAddress();
+    /// @param market_ The JobMarket allowed to lock, release and slash collateral. It is deployed right after this
+    /// registry, so its address is known in advance (CREATE address of the deployer's next nonce); an immutable
+    /// saves a storage read on every job.
+    constructor(IERC20 token_, uint96 minStake_, uint64 unbondingDelay_, address market_) {
+        if (address(token_) == address(0) || market_ == address(0)) revert RegistryZeroAddress();
         if (minStake_ == 0) revert RegistryStakeBelowMinimum(0, 1);
         _token = token_;
         _minStake = minStake_;
         _unbondingDelay = unbondingDelay_;
-        _deployer = msg.sender;
+        _market = market_;
     }
 
     modifier onlyMarket() {
         if (msg.sender != _market) revert RegistryUnauthorized(msg.sender);
         _;
-    }
-
-    /// @inheritdoc IProviderRegistry
-    function setMarket(address market_) external {
-        if (msg.sender != _deployer) revert RegistryUnauthorized(msg.sender);
-        if (_market != address(0)) revert RegistryMarketAlreadySet(_market);
-        if (market_ == address(0)) revert RegistryZeroAddress();
-        _market = market_;
-        emit MarketSet(market_);
     }
 
     /// @inheritdoc IProviderRegistry

@@ -18,6 +18,14 @@ from marketplace.errors import ConfigError
 ProgressFn = Callable[[str], None]
 
 
+def create_address(sender: str, nonce: int) -> str:
+    """The address a CREATE from `sender` at `nonce` deploys to: keccak(rlp([sender, nonce]))[12:]."""
+    import rlp
+    from eth_utils import keccak, to_bytes
+
+    return Web3.to_checksum_address(keccak(rlp.encode([to_bytes(hexstr=sender), nonce]))[12:])
+
+
 def _deploy_contract(client: ChainClient, name: str, *args: Any) -> str:
     art = load_artifact(name)
     factory = client.w3.eth.contract(abi=art["abi"], bytecode=art["bytecode"])
@@ -49,17 +57,21 @@ def deploy(w3: Web3, deployer: LocalAccount, *, params: MarketParams | None = No
         say("deploying AgoraToken")
         token = _deploy_contract(client, "AgoraToken", deployer.address, params.initial_supply, dev)
     token = Web3.to_checksum_address(token)
+    # The registry names its market immutably: predict the market's CREATE address (the deployer's next nonce).
+    nonce = w3.eth.get_transaction_count(deployer.address, "pending")
+    predicted = create_address(deployer.address, nonce + 1)
     say("deploying ProviderRegistry")
-    registry = _deploy_contract(client, "ProviderRegistry", token, params.min_stake, params.unbonding_delay)
+    registry = _deploy_contract(client, "ProviderRegistry", token, params.min_stake, params.unbonding_delay, predicted)
     say("deploying JobMarket")
     market = _deploy_contract(client, "JobMarket", token, registry, params.min_run, params.max_run,
                               params.min_window, params.max_window)
+    if market != predicted:
+        raise ConfigError(f"market deployed at {market}, but the registry was bound to {predicted}: another "
+                          f"transaction from {deployer.address} interleaved; deploy again from an idle account")
     deployment = Deployment(chain_id=chain_id, token=token, registry=registry, market=market,
                             block=start_block, deployer=deployer.address, artifact_hash=artifact_hash(),
                             params=asdict(params))
     client = ChainClient(w3, deployment, account=deployer)
-    say("binding registry to market")
-    client.transact(client.registry.functions.setMarket(market), action="setMarket")
     if fund and dev:
         for address in fund:
             if Web3.to_checksum_address(address) == deployer.address:

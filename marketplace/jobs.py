@@ -9,7 +9,7 @@ from eth_utils import event_abi_to_log_topic
 from web3 import Web3
 
 from marketplace.errors import AgoraError
-from marketplace.types import SETTLED_SLOT, Assignment, Job, JobPhase, Outcome
+from marketplace.types import Assignment, Job, JobPhase, Outcome
 
 
 class JobNotFoundError(AgoraError, LookupError):
@@ -81,6 +81,8 @@ class JobIndex:
             if name == "JobOpened":
                 job = Job(requester=a["requester"], spec_hash=bytes(a["specHash"]), deadline=a["deadline"],
                           window=a["window"], replicas=a["replicas"], phase=JobPhase.OPEN, budget=a["escrow"])
+                if a["workers"]:
+                    job = job.evolve(phase=JobPhase.ASSIGNED, budget=0, workers=_assignments(a["workers"]))
             elif job is None:
                 continue
             elif name == "JobAssigned":
@@ -103,9 +105,10 @@ class JobIndex:
         v.job = job
         if job is not None and not v.settled:
             slot = self.market.functions.jobSlot(job_id).call()
-            if slot == SETTLED_SLOT:
-                v.settled = True
-            elif slot & ~0xFFFFFFFF != job.hash224():
+            if slot == 0:
+                raise AgoraError(f"job {Web3.to_hex(job_id)} has no live state on-chain but no JobSettled event "
+                                 f"was found (logs pruned by the RPC?)")
+            if slot & ~0xFFFFFFFF != job.hash224():
                 raise AgoraError(f"job {Web3.to_hex(job_id)}: events do not match the on-chain state "
                                  f"(a reorg, or logs pruned by the RPC?)")
         return v

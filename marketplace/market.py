@@ -106,7 +106,7 @@ class Market:
     def open_job(self, params: JobParams, bids: Sequence[SignedBid] = ()) -> tuple[bytes, TxResult]:
         fn = self.client.market.functions.openJob(params.as_abi(), [b.as_abi() for b in bids])
         result = self.client.transact(fn, action="open job")
-        return job_id_for(self.address, params.salt), result
+        return job_id_for(self.address, params.salt, result.block), result
 
     def assign(self, job_id: bytes, bids: Sequence[SignedBid]) -> TxResult:
         job = self._job(job_id)

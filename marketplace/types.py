@@ -22,7 +22,6 @@ ResultHash = NewType("ResultHash", bytes)  # 32 bytes
 TOKEN_DECIMALS = 18
 ZERO32 = b"\x00" * 32
 HASH_MASK = ~0xFFFFFFFF & (2**256 - 1)
-SETTLED_SLOT = 1
 
 ASSIGNMENT_ABI = "(address,uint96,uint96)"
 JOB_ABI = f"(address,bytes32,uint64,uint32,uint8,uint8,uint96,bytes32,uint64,{ASSIGNMENT_ABI}[],{ASSIGNMENT_ABI}[])"
@@ -198,9 +197,9 @@ class Job:
         return sum(a.price for a in self.workers) + sum(a.price for a in self.verifiers)
 
 
-def job_id_for(requester: str, salt: bytes) -> bytes:
-    """The id openJob gives: keccak256(abi.encode(requester, salt))."""
-    return keccak(abi_encode(["address", "bytes32"], [to_checksum_address(requester), salt]))
+def job_id_for(requester: str, salt: bytes, block_number: int) -> bytes:
+    """The id openJob gives when mined in `block_number`: keccak256(abi.encode(requester, salt, block))."""
+    return keccak(abi_encode(["address", "bytes32", "uint256"], [to_checksum_address(requester), salt, block_number]))
 
 
 def commitment_for(job_id: bytes, provider: str, result: bytes, salt: bytes) -> bytes:

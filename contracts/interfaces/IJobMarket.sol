@@ -20,9 +20,11 @@ interface IJobMarket {
         uint32 window,
         uint8 replicas,
         uint96 escrow,
-        uint96 fromBalance
+        uint96 fromBalance,
+        Assignment[] workers
     );
-    /// @notice Providers chosen (in openJob or assign); `refund` is budget minus the sum of prices, credited back.
+    /// @notice Providers chosen for a job opened without bids; `refund` is budget minus the sum of prices,
+    /// credited back. (A job opened with bids lists its workers in JobOpened.)
     event JobAssigned(bytes32 indexed jobId, Assignment[] workers, uint96 refund);
     event ResultSubmitted(bytes32 indexed jobId, address indexed provider, bytes32 result, uint64 challengeEnd);
     event ResultCommitted(bytes32 indexed jobId, address indexed provider, uint256 index, bytes32 commitment);
@@ -47,8 +49,8 @@ interface IJobMarket {
     error MarketZeroAddress();
     error MarketBadBounds();
     error MarketJobExists(bytes32 jobId);
+    /// @notice No live job with this id: never opened, or already settled (settled jobs leave only events).
     error MarketUnknownJob(bytes32 jobId);
-    error MarketJobAlreadySettled(bytes32 jobId);
     /// @notice The job passed in calldata does not hash to the stored commitment.
     error MarketJobMismatch(bytes32 jobId);
     error MarketWrongPhase(bytes32 jobId, JobPhase phase);
@@ -89,7 +91,8 @@ interface IJobMarket {
     /// @notice Open a job and, when `bids` is non-empty, assign them and lock the sum of their prices in escrow,
     /// all in one transaction. With no bids the job stays Open with `params.budget` escrowed until `assign` or
     /// `cancel`. Escrow comes from the caller's market balance first, then from its token allowance.
-    /// @return jobId keccak256(abi.encode(msg.sender, params.salt)).
+    /// @return jobId keccak256(abi.encode(msg.sender, params.salt, block.number)): never reused, even after the
+    /// job settles and its slot is deleted, so no signature over a job id can be replayed.
     function openJob(JobParams calldata params, SignedBid[] calldata bids) external returns (bytes32 jobId);
 
     /// @notice Requester only: assign `job.replicas` bids to an Open job; the unspent budget is credited back.
@@ -135,7 +138,7 @@ interface IJobMarket {
     /// @notice Anyone: settle a job whose deadlines have passed (or whose results are all in).
     function finalize(bytes32 jobId, Job calldata job) external;
 
-    /// @notice Anyone: finalize many jobs in one transaction; jobs already settled are skipped.
+    /// @notice Anyone: finalize many jobs in one transaction; jobs no longer live (settled meanwhile) are skipped.
     /// @return settled Number of jobs this call settled.
     function finalizeBatch(bytes32[] calldata jobIds, Job[] calldata jobs) external returns (uint256 settled);
 
@@ -161,7 +164,7 @@ interface IJobMarket {
     function isNonceUsed(address provider, uint256 nonce) external view returns (bool);
 
     /// @notice Raw job slot: the top 224 bits of keccak256(abi.encode(job)), then two 16-bit bitmaps
-    /// (committed, revealed). 0 = unknown job; 1 = settled.
+    /// (committed, revealed). 0 = no live job (unknown, or settled).
     function jobSlot(bytes32 jobId) external view returns (uint256);
 
     /// @notice keccak256(abi.encode(job)) with its low 32 bits cleared, as compared against `jobSlot`.

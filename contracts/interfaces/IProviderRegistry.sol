@@ -29,7 +29,6 @@ interface IProviderRegistry {
         CollateralOutcome outcome;
     }
 
-    event MarketSet(address indexed market);
     event ProviderRegistered(address indexed provider, uint96 stake, bytes peerId, bytes32 metadataHash);
     event ProfileUpdated(address indexed provider, bytes peerId, bytes32 metadataHash);
     event StakeAdded(address indexed provider, uint96 amount, uint96 stake);
@@ -38,10 +37,8 @@ interface IProviderRegistry {
     event CollateralLocked(address indexed provider, uint96 amount);
     event CollateralReleased(address indexed provider, uint96 amount, CollateralOutcome outcome);
 
-    /// @notice The caller is not allowed to do this (`market` only, or the deployer for `setMarket`).
+    /// @notice Only the market may lock, release or slash collateral.
     error RegistryUnauthorized(address caller);
-    /// @notice `setMarket` may run once.
-    error RegistryMarketAlreadySet(address market);
     error RegistryZeroAddress();
     error RegistryAlreadyRegistered(address provider);
     error RegistryNotRegistered(address provider);
@@ -57,10 +54,6 @@ interface IProviderRegistry {
     error RegistryStillUnbonding(uint64 readyAt, uint256 now_);
     /// @notice Accounting bug guard: releasing more than is locked.
     error RegistryLockUnderflow(address provider, uint256 locked, uint256 amount);
-
-    /// @notice Bind the market once; only the deployer may call it.
-    /// @param market The JobMarket allowed to lock, release and slash collateral.
-    function setMarket(address market) external;
 
     /// @notice Register as a provider, pulling `stake` tokens (approve the registry first).
     /// @param stake Initial stake, at least `minStake()`.
