@@ -495,7 +495,8 @@ contract JobMarket is IJobMarket, EIP712, ReentrancyGuard {
     }
 
     /// @dev Commit-reveal settlement over n participants: a strict majority of all n is paid; minority and
-    /// missing participants are slashed to the requester; without a majority the requester gets all escrow back.
+    /// missing participants are slashed to the requester; without a majority the requester gets all escrow back,
+    /// except in a dispute, where the original result then stands (see below).
     function _settleMajority(bytes32 jobId, Job calldata job, uint256 slot, uint256 n) private {
         bool disputed = job.phase == JobPhase.Disputed;
         uint256 revealed = slot & 0xFFFF;
@@ -505,6 +506,16 @@ contract JobMarket is IJobMarket, EIP712, ReentrancyGuard {
             values[i] = (disputed && i == 0) ? job.result : _results[jobId][i];
         }
         Tally memory t = _majority(values, revealed, n);
+        // A dispute puts the burden of proof on the challenger: without a strict majority against it, the original
+        // result stands and whoever revealed it is paid. Otherwise a requester could get work for free by
+        // disputing with verifiers that never show up or that disagree with each other.
+        bool originalStands = disputed && !t.hasWinner;
+        if (originalStands) {
+            t.winner = job.result;
+            for (uint256 i = 0; i < n; ++i) {
+                if (revealed & (1 << i) != 0 && values[i] == job.result) t.paidMask |= 1 << i;
+            }
+        }
         IProviderRegistry.CollateralChange[] memory changes = new IProviderRegistry.CollateralChange[](n);
         for (uint256 i = 0; i < n; ++i) {
             Assignment calldata a = (disputed && i > 0) ? job.verifiers[i - 1] : job.workers[disputed ? 0 : i];
@@ -529,7 +540,7 @@ contract JobMarket is IJobMarket, EIP712, ReentrancyGuard {
         _balances[job.requester] += t.refund + t.compensation;
         emit JobSettled(
             jobId,
-            t.hasWinner ? Outcome.Completed : (revealed == 0 ? Outcome.Expired : Outcome.NoMajority),
+            (t.hasWinner || originalStands) ? Outcome.Completed : (revealed == 0 ? Outcome.Expired : Outcome.NoMajority),
             t.winner,
             t.paidMask,
             t.slashedMask,

@@ -30,6 +30,21 @@ from marketplace.revert import to_agora_error
 ProgressFn = Callable[[str], None]
 
 
+def _revert_types() -> tuple[type[BaseException], ...]:
+    """What a revert raises, per backend: anvil/ganache/hardhat via web3, eth-tester (py-evm) in-process."""
+    types: list[type[BaseException]] = [ContractLogicError, Web3RPCError, ValueError]
+    try:
+        from eth_tester.exceptions import TransactionFailed
+    except ImportError:  # eth-tester is a test-only dependency
+        pass
+    else:
+        types.append(TransactionFailed)
+    return tuple(types)
+
+
+_REVERTS = _revert_types()
+
+
 def connect(rpc_url: str, *, timeout: float = 10.0) -> Web3:
     """A Web3 over HTTP that answers `eth_chainId`.
 
@@ -102,7 +117,7 @@ class ChainClient:
         """Run a view function; reverts become project errors."""
         try:
             return fn.call({"from": self.account.address} if self.account else {})
-        except (ContractLogicError, Web3RPCError, ValueError) as err:
+        except _REVERTS as err:
             raise to_agora_error(err, action=action) from None
         except requests.exceptions.RequestException as err:
             raise RpcUnreachableError(f"RPC stopped answering during {action}: {type(err).__name__}") from None
@@ -120,7 +135,7 @@ class ChainClient:
             tx: Any = fn.build_transaction(params)
             signed = self.account.sign_transaction(tx)  # type: ignore[union-attr]
             tx_hash = self.w3.eth.send_raw_transaction(signed.raw_transaction)
-        except (ContractLogicError, Web3RPCError, ValueError) as err:
+        except _REVERTS as err:
             self._nonce = None
             raise to_agora_error(err, action=action) from None
         except requests.exceptions.RequestException as err:
@@ -141,7 +156,7 @@ class ChainClient:
             if fn is not None:
                 try:
                     fn.call({"from": self.address}, block_identifier=receipt["blockNumber"] - 1)
-                except (ContractLogicError, Web3RPCError, ValueError) as err:
+                except _REVERTS as err:
                     raise to_agora_error(err, action=action, tx_hash=tx_hash) from None
             raise TransactionRevertedError(f"{action} reverted in transaction {tx_hash}", tx_hash=tx_hash)
         return TxResult(tx_hash=tx_hash, gas_used=int(receipt["gasUsed"]), block=int(receipt["blockNumber"]),

@@ -44,7 +44,15 @@ class DeploymentError(AgoraError, LookupError):
 
 
 class InsufficientFundsError(AgoraError, ValueError):
-    """Not enough balance or allowance; the message carries both amounts."""
+    """Not enough balance or allowance; the message carries both amounts.
+
+    When it comes from a revert, `error_name` and `error_args` hold the decoded custom error.
+    """
+
+    def __init__(self, message: str, *, error_name: str | None = None, args: dict | None = None) -> None:
+        super().__init__(message)
+        self.error_name = error_name
+        self.error_args = args or {}
 
 
 class TransactionRevertedError(AgoraError, RuntimeError):

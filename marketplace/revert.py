@@ -95,7 +95,21 @@ def decode_revert(data: bytes | str | None) -> DecodedError | None:
 
 
 def revert_data_of(exc: BaseException) -> Any:
-    """Pull the revert payload out of whatever exception a web3 backend raised."""
+    """Pull the revert payload out of whatever exception a web3 backend raised.
+
+    eth-tester's TransactionFailed carries only text; the raw bytes sit in the py-evm Revert it wraps.
+    """
+    if type(exc).__name__ == "TransactionFailed":
+        seen: BaseException | None = exc
+        for _ in range(4):  # TransactionFailed <- TransactionFailed(Revert(b"...")) <- Revert(b"...")
+            if seen is None:
+                break
+            for arg in seen.args:
+                if isinstance(arg, bytes):
+                    return arg
+                if isinstance(arg, BaseException) and arg.args and isinstance(arg.args[0], bytes):
+                    return arg.args[0]
+            seen = seen.__context__ or seen.__cause__
     data = getattr(exc, "data", None)
     if isinstance(data, dict):
         data = data.get("data") or data.get("result") or data.get("message")
@@ -116,22 +130,22 @@ def to_agora_error(exc: BaseException, *, action: str, tx_hash: str | None = Non
     if decoded.name.endswith("InsufficientAllowance"):
         return InsufficientFundsError(
             f"{action}: insufficient allowance: {a['owner']} allows {from_wei(a['allowance'])} AGORA, "
-            f"needs {from_wei(a['needed'])} AGORA (approve more with `agora token approve`)")
+            f"needs {from_wei(a['needed'])} AGORA (approve more with `agora token approve`)", error_name=decoded.name, args=a)
     if decoded.name.endswith("InsufficientBalance") and "needed" in a:
         return InsufficientFundsError(
             f"{action}: insufficient token balance: {a['owner']} has {from_wei(a['balance'])} AGORA, "
-            f"needs {from_wei(a['needed'])} AGORA")
+            f"needs {from_wei(a['needed'])} AGORA", error_name=decoded.name, args=a)
     if decoded.name == "ERC20InsufficientBalance":
         return InsufficientFundsError(
             f"{action}: insufficient token balance: {a['sender']} has {from_wei(a['balance'])} AGORA, "
-            f"needs {from_wei(a['needed'])} AGORA")
+            f"needs {from_wei(a['needed'])} AGORA", error_name=decoded.name, args=a)
     if decoded.name == "RegistryInsufficientFreeStake":
         return InsufficientFundsError(
             f"{action}: insufficient free stake: {a['provider']} has {from_wei(a['free'])} AGORA free, "
-            f"needs {from_wei(a['needed'])} AGORA")
+            f"needs {from_wei(a['needed'])} AGORA", error_name=decoded.name, args=a)
     if decoded.name == "MarketInsufficientWithdrawable":
         return InsufficientFundsError(
             f"{action}: insufficient market balance: {a['account']} has {from_wei(a['available'])} AGORA, "
-            f"asked for {from_wei(a['requested'])} AGORA")
+            f"asked for {from_wei(a['requested'])} AGORA", error_name=decoded.name, args=a)
     return TransactionRevertedError(f"{action} reverted: {decoded}", error_name=decoded.name, args=a,
                                     tx_hash=tx_hash)

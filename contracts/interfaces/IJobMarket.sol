@@ -110,7 +110,8 @@ interface IJobMarket {
 
     /// @notice Requester only, inside the challenge window: dispute a k = 1 result. The verifiers' bids are
     /// assigned and their prices escrowed; their total may not exceed the provider's collateral, so a lying
-    /// provider always pays for its verification.
+    /// provider always pays for its verification. The original result stands unless a strict majority of all
+    /// participants (worker plus verifiers) reveals one other value; verifiers that do not reveal are slashed.
     function dispute(bytes32 jobId, Job calldata job, SignedBid[] calldata verifierBids, uint64 deadline) external;
 
     /// @notice Participant `index` commits keccak256(abi.encode(jobId, msg.sender, result, salt)) before the

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from marketplace.types import JobPhase, Outcome, to_wei
+from marketplace.types import JobPhase, Outcome, commitment_for, to_wei
 
 if TYPE_CHECKING:
     from conftest import Stack  # tests/integration/conftest.py (fixtures reach tests through `stack`)
@@ -21,6 +21,7 @@ pytestmark = pytest.mark.integration
 
 W = to_wei
 RESULT = b"\x42" * 32
+WRONG = b"\x66" * 32
 OTHER = b"\x43" * 32
 THIRD = b"\x44" * 32
 
@@ -35,7 +36,7 @@ def _conserved(stack: Stack):
 def settled(stack: Stack, job_id: bytes, outcome: Outcome) -> dict:
     view = stack.requester.job(job_id)
     assert view.settled and view.outcome == outcome, view.status
-    assert stack.market.functions.jobSlot(job_id).call() == 1
+    assert stack.market.functions.jobSlot(job_id).call() == 0  # settled slots are deleted (gas refund)
     return view.settlement
 
 
@@ -382,9 +383,13 @@ def test_job_ids_are_salted_per_requester(stack: Stack) -> None:
     s = stack
     salt = os.urandom(32)
     params = s.params(os.urandom(32), budget=1, salt=salt)
-    job_id, _ = s.requester.open_job(params, [])
-    assert job_id == job_id_for(s.requester.address, salt)
+    job_id, result = s.requester.open_job(params, [])
+    assert job_id == job_id_for(s.requester.address, salt, result.block)
     s.requester.cancel(job_id)
+    # The same salt later gives a new id: a settled id is never reused, so no signature over it can be replayed.
+    job_id2, result2 = s.requester.open_job(params.__class__(**{**params.__dict__, "deadline": s.now() + 600}), [])
+    assert job_id2 == job_id_for(s.requester.address, salt, result2.block) != job_id
+    s.requester.cancel(job_id2)
 
 
 def test_finalize_batch_skips_settled_jobs(stack: Stack) -> None:
@@ -448,10 +453,9 @@ def test_relayed_paths_signed_result_commit_batch_reveal_batch(stack: Stack) -> 
 
 
 def test_dispute_with_absent_verifiers(stack: Stack) -> None:
-    """Current contract behaviour, flagged in the report: when no verifier of a dispute commits, the disputed
-    worker is treated as a lone revealed minority (1 of 3 is no majority): it is NOT paid (its price goes back
-    to the requester) and its collateral is released, while the absent verifiers' collateral is slashed *to the
-    requester*. A requester disputing with verifiers it controls thus gets the work for free at no net cost."""
+    """Burden of proof on the challenger: when no verifier of a dispute reveals, the original result stands. The
+    worker is paid, the absent verifiers are slashed to the requester and their fees refunded, so disputing with
+    verifiers that never show up gets a requester nothing for free."""
     s = stack
     p0, p1, p2 = s.providers[:3]
     before = s.balances()
@@ -462,8 +466,34 @@ def test_dispute_with_absent_verifiers(stack: Stack) -> None:
     s.requester.dispute(job.job_id, [s.make_bid(v, job.spec, price=2, collateral=5) for v in (p1, p2)], deadline)
     s.travel_past(deadline + job.params.window)
     s.outsider.finalize(job.job_id)
-    st = settled(s, job.job_id, Outcome.NO_MAJORITY)
-    assert (st["paidMask"], st["slashedMask"], st["refund"], st["compensation"]) == (0, 0b110, W(5), W(10))
+    st = settled(s, job.job_id, Outcome.COMPLETED)
+    assert (st["result"], st["paidMask"], st["slashedMask"], st["refund"], st["compensation"]) == \
+        (RESULT, 0b001, 0b110, W(4), W(10))
     assert s.diff(before, s.balances()) == s.merge(
         s.pay_in(before, "requester", W(1)), s.pay_in(opened, "requester", W(4)),
-        {"mbal:requester": W(5) + W(10)}, slashed("p1", W(5)), slashed("p2", W(5)))
+        {"mbal:requester": W(4) + W(10), "mbal:p0": W(1), "jobsDone:p0": 1},
+        slashed("p1", W(5)), slashed("p2", W(5)))
+
+
+def test_dispute_split_verifiers_leave_the_original_standing(stack: Stack) -> None:
+    """The verifiers disagree with the worker and with each other: no majority against the original, so it stands
+    and the worker is paid; both verifiers revealed, so they are released (not paid, not slashed) and their fees
+    go back to the requester."""
+    s = stack
+    p0, p1, p2 = s.providers[:3]
+    job = s.open_job(1, providers=[p0])
+    p0.submit_result(job.job_id, RESULT)
+    deadline = s.now() + 120
+    s.requester.dispute(job.job_id, [s.make_bid(v, job.spec, price=2, collateral=5) for v in (p1, p2)], deadline)
+    salts = [os.urandom(32), os.urandom(32)]
+    p1.commit(job.job_id, 1, commitment_for(job.job_id, p1.address, OTHER, salts[0]))
+    p2.commit(job.job_id, 2, commitment_for(job.job_id, p2.address, THIRD, salts[1]))
+    before = s.balances()
+    p1.reveal(job.job_id, 1, OTHER, salts[0])
+    p2.reveal(job.job_id, 2, THIRD, salts[1])
+    st = settled(s, job.job_id, Outcome.COMPLETED)
+    assert (st["result"], st["paidMask"], st["slashedMask"], st["refund"], st["compensation"]) == \
+        (RESULT, 0b001, 0, W(4), 0)
+    d = s.diff(before, s.balances())
+    assert d["mbal:p0"] == W(1) and d["mbal:requester"] == W(4)
+    assert all(not k.endswith((":p1", ":p2")) or k.startswith("locked:") for k in d), d
