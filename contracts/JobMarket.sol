@@ -28,7 +28,7 @@ contract JobMarket is IJobMarket, EIP712, ReentrancyGuard {
     using SafeERC20 for IERC20;
 
     bytes32 private constant _BID_TYPEHASH = keccak256(
-        "Bid(bytes32 specHash,address requester,address provider,uint96 price,uint96 collateral,uint32 runSeconds,uint64 expiry,uint256 nonce)"
+        "Bid(bytes32 specHash,address requester,address provider,uint96 price,uint96 collateral,uint32 runSeconds,uint32 minWindow,uint64 maxDeadline,uint64 expiry,uint256 nonce)"
     );
     bytes32 private constant _COMMIT_TYPEHASH = keccak256("Commit(bytes32 jobId,uint256 index,bytes32 commitment)");
     bytes32 private constant _RESULT_TYPEHASH = keccak256("Result(bytes32 jobId,bytes32 result)");
@@ -37,8 +37,9 @@ contract JobMarket is IJobMarket, EIP712, ReentrancyGuard {
     uint256 private constant _FIELD_PHASE = 5;
     uint256 private constant _FIELD_RESULT = 7;
     uint256 private constant _FIELD_CHALLENGE_END = 8;
-    uint256 private constant _FLAGS = 0xFFFFFFFF;
-    uint256 private constant _HASH_MASK = ~_FLAGS;
+    uint256 private constant _HASH_MASK = ~uint256(0) << 64;
+    uint256 private constant _BLOCK_MASK = uint256(0xFFFFFFFF) << 32;
+    uint256 private constant _TOMBSTONE = 1;
 
     IERC20 private immutable _token;
     IProviderRegistry private immutable _registry;
@@ -47,12 +48,21 @@ contract JobMarket is IJobMarket, EIP712, ReentrancyGuard {
     uint32 private immutable _minWindow;
     uint32 private immutable _maxWindow;
 
-    /// @dev hash224(job) | committed bitmap << 16 | revealed bitmap; deleted at settlement (gas refund).
+    /// @dev hash192(job) | opening block << 32 | committed bitmap << 16 | revealed bitmap. Deleted at settlement
+    /// (gas refund), except a job settled in its opening block, which leaves _TOMBSTONE so its id stays unique.
     mapping(bytes32 jobId => uint256) private _jobs;
     /// @dev Commitment of participant i, replaced by its result on reveal; cleared at settlement.
     mapping(bytes32 jobId => mapping(uint256 index => bytes32)) private _results;
     mapping(address provider => mapping(uint256 wordPos => uint256)) private _nonces;
     mapping(address account => uint256) private _balances;
+
+    /// @dev What every bid of a job must agree to.
+    struct Terms {
+        bytes32 specHash;
+        address requester;
+        uint64 deadline;
+        uint32 window;
+    }
 
     /// @dev Running totals of a majority settlement.
     struct Tally {
@@ -112,9 +122,10 @@ contract JobMarket is IJobMarket, EIP712, ReentrancyGuard {
         } else {
             if (bids.length > _MAX_REPLICAS) revert MarketBadReplicas(bids.length, _MAX_REPLICAS);
             (job.replicas, job.phase) = (uint8(bids.length), JobPhase.Assigned);
-            (job.workers, escrow) = _takeBids(job.specHash, msg.sender, job.deadline, bids, job.workers);
+            Terms memory terms = Terms(job.specHash, msg.sender, job.deadline, job.window);
+            (job.workers, escrow) = _takeBids(terms, bids, job.workers);
         }
-        _jobs[jobId] = _hashMemory(job);
+        _jobs[jobId] = _hashMemory(job) | (uint256(uint32(block.number)) << 32);
         uint96 fromBalance = _useBalance(msg.sender, escrow);
         emit JobOpened(
             jobId, msg.sender, job.specHash, job.deadline, job.window, job.replicas, escrow, fromBalance, job.workers
@@ -124,17 +135,18 @@ contract JobMarket is IJobMarket, EIP712, ReentrancyGuard {
 
     /// @inheritdoc IJobMarket
     function assign(bytes32 jobId, Job calldata job, SignedBid[] calldata bids) external nonReentrant {
-        _load(jobId, job);
+        uint256 slot = _load(jobId, job);
         _onlyRequester(job);
         _expectPhase(jobId, job, JobPhase.Open);
         if (bids.length != job.replicas) revert MarketWrongBidCount(bids.length, job.replicas);
         Job memory next = job;
         uint96 total;
-        (next.workers, total) = _takeBids(job.specHash, job.requester, job.deadline, bids, job.workers);
+        (next.workers, total) =
+            _takeBids(Terms(job.specHash, job.requester, job.deadline, job.window), bids, job.workers);
         if (total > job.budget) revert MarketOverBudget(total, job.budget);
         uint96 refund = job.budget - total;
         (next.phase, next.budget) = (JobPhase.Assigned, 0);
-        _jobs[jobId] = _hashMemory(next);
+        _jobs[jobId] = _hashMemory(next) | (slot & _BLOCK_MASK);
         _balances[job.requester] += refund;
         emit JobAssigned(jobId, next.workers, refund);
     }
@@ -160,21 +172,22 @@ contract JobMarket is IJobMarket, EIP712, ReentrancyGuard {
         external
         nonReentrant
     {
-        _load(jobId, job);
+        uint256 slot = _load(jobId, job);
         _onlyRequester(job);
         _expectPhase(jobId, job, JobPhase.Submitted);
         if (block.timestamp > job.challengeEnd) revert MarketChallengeWindowClosed(job.challengeEnd, block.timestamp);
         if (verifierBids.length < 2 || verifierBids.length >= _MAX_REPLICAS) {
-            revert MarketTooFewVerifiers(verifierBids.length);
+            revert MarketBadVerifierCount(verifierBids.length, 2, _MAX_REPLICAS - 1);
         }
         _checkTiming(deadline, job.window);
         Job memory next = job;
         uint96 cost;
-        (next.verifiers, cost) = _takeBids(job.specHash, job.requester, deadline, verifierBids, job.workers);
+        (next.verifiers, cost) =
+            _takeBids(Terms(job.specHash, job.requester, deadline, job.window), verifierBids, job.workers);
         if (cost > job.workers[0].collateral) revert MarketDisputeTooCostly(cost, job.workers[0].collateral);
         (next.phase, next.deadline) = (JobPhase.Disputed, deadline);
         // Participant 0 (the original worker) counts as committed and revealed with `job.result`.
-        _jobs[jobId] = _hashMemory(next) | (1 << 16) | 1;
+        _jobs[jobId] = _hashMemory(next) | (slot & _BLOCK_MASK) | (1 << 16) | 1;
         uint96 fromBalance = _useBalance(job.requester, cost);
         emit JobDisputed(jobId, next.verifiers, deadline, cost);
         _pull(job.requester, cost - fromBalance);
@@ -202,7 +215,8 @@ contract JobMarket is IJobMarket, EIP712, ReentrancyGuard {
     /// @inheritdoc IJobMarket
     function submitResult(bytes32 jobId, Job calldata job, bytes32 result) external {
         bytes memory encoded = abi.encode(job);
-        _check(jobId, _jobs[jobId], encoded);
+        uint256 slot = _jobs[jobId];
+        _check(jobId, slot, encoded);
         if (job.phase != JobPhase.Assigned || job.replicas != 1) revert MarketWrongPhase(jobId, job.phase);
         if (msg.sender != job.workers[0].provider) revert MarketNotAssignedProvider(msg.sender, 0);
         if (block.timestamp > job.deadline) revert MarketDeadlinePassed(job.deadline, block.timestamp);
@@ -213,7 +227,7 @@ contract JobMarket is IJobMarket, EIP712, ReentrancyGuard {
         _setField(encoded, _FIELD_PHASE, uint256(JobPhase.Submitted));
         _setField(encoded, _FIELD_RESULT, uint256(result));
         _setField(encoded, _FIELD_CHALLENGE_END, challengeEnd);
-        _jobs[jobId] = uint256(keccak256(encoded)) & _HASH_MASK;
+        _jobs[jobId] = (uint256(keccak256(encoded)) & _HASH_MASK) | (slot & _BLOCK_MASK);
         emit ResultSubmitted(jobId, msg.sender, result, challengeEnd);
     }
 
@@ -299,7 +313,8 @@ contract JobMarket is IJobMarket, EIP712, ReentrancyGuard {
     {
         if (jobIds.length != jobs.length) revert MarketLengthMismatch(jobIds.length, jobs.length);
         for (uint256 i = 0; i < jobIds.length; ++i) {
-            if (_jobs[jobIds[i]] == 0) continue; // settled meanwhile (or never opened)
+            uint256 current = _jobs[jobIds[i]];
+            if (current == 0 || current == _TOMBSTONE) continue; // settled meanwhile (or never opened)
             uint256 slot = _load(jobIds[i], jobs[i]);
             uint256 readyAt = _tryFinalize(jobIds[i], jobs[i], slot);
             if (readyAt != 0) revert MarketNotFinalizable(jobIds[i], jobs[i].phase, readyAt);
@@ -464,7 +479,7 @@ contract JobMarket is IJobMarket, EIP712, ReentrancyGuard {
     }
 
     function _closeOpen(bytes32 jobId, Job calldata job) private {
-        delete _jobs[jobId];
+        _close(jobId);
         _balances[job.requester] += job.budget;
         emit JobSettled(jobId, Outcome.Cancelled, bytes32(0), 0, 0, job.budget, 0);
     }
@@ -475,18 +490,18 @@ contract JobMarket is IJobMarket, EIP712, ReentrancyGuard {
     }
 
     function _pay(bytes32 jobId, Assignment calldata w, bytes32 result) private {
-        delete _jobs[jobId];
+        _close(jobId);
         _balances[w.provider] += w.price;
         emit JobSettled(jobId, Outcome.Completed, result, 1, 0, 0, 0);
         IProviderRegistry.CollateralChange[] memory changes = new IProviderRegistry.CollateralChange[](1);
-        changes[0] = IProviderRegistry.CollateralChange(w.provider, w.collateral, CollateralOutcome.Reward);
+        changes[0] = IProviderRegistry.CollateralChange(w.provider, w.collateral, _rewardFor(w));
         _registry.settle(changes);
     }
 
     /// @dev k = 1 with no result by the deadline: refund the price, slash the collateral to the requester.
     function _expireSingle(bytes32 jobId, Job calldata job) private {
         Assignment calldata w = job.workers[0];
-        delete _jobs[jobId];
+        _close(jobId);
         _balances[job.requester] += uint256(w.price) + w.collateral;
         emit JobSettled(jobId, Outcome.Expired, bytes32(0), 0, 1, w.price, w.collateral);
         IProviderRegistry.CollateralChange[] memory changes = new IProviderRegistry.CollateralChange[](1);
@@ -522,7 +537,7 @@ contract JobMarket is IJobMarket, EIP712, ReentrancyGuard {
             CollateralOutcome outcome;
             if (t.paidMask & (1 << i) != 0) {
                 _balances[a.provider] += a.price;
-                outcome = CollateralOutcome.Reward;
+                outcome = _rewardFor(a);
             } else {
                 t.refund += a.price;
                 if (revealed & (1 << i) == 0 || t.hasWinner) {
@@ -536,7 +551,7 @@ contract JobMarket is IJobMarket, EIP712, ReentrancyGuard {
             changes[i] = IProviderRegistry.CollateralChange(a.provider, a.collateral, outcome);
             if (!(disputed && i == 0) && (slot >> 16) & (1 << i) != 0) delete _results[jobId][i];
         }
-        delete _jobs[jobId];
+        _close(jobId);
         _balances[job.requester] += t.refund + t.compensation;
         emit JobSettled(
             jobId,
@@ -587,23 +602,26 @@ contract JobMarket is IJobMarket, EIP712, ReentrancyGuard {
 
     /// @dev Verify and consume signed bids; lock each provider's collateral. `others` are providers already in
     /// the job (a dispute's verifiers must differ from its worker).
-    function _takeBids(
-        bytes32 specHash,
-        address requester,
-        uint64 deadline,
-        SignedBid[] calldata bids,
-        Assignment[] memory others
-    ) private returns (Assignment[] memory out, uint96 total) {
+    function _takeBids(Terms memory terms, SignedBid[] calldata bids, Assignment[] memory others)
+        private
+        returns (Assignment[] memory out, uint96 total)
+    {
         out = new Assignment[](bids.length);
         for (uint256 i = 0; i < bids.length; ++i) {
             Bid calldata b = bids[i].bid;
             address provider = b.provider;
-            if (b.specHash != specHash || b.requester != requester) revert MarketBidMismatch(i, provider);
+            if (b.specHash != terms.specHash || b.requester != terms.requester) revert MarketBidMismatch(i, provider);
+            if (provider == terms.requester) revert MarketSelfDealing(provider);
             if (b.expiry < block.timestamp) revert MarketBidExpired(provider, b.expiry, block.timestamp);
-            if (deadline < block.timestamp + b.runSeconds) {
-                revert MarketDeadlineTooShort(provider, deadline, block.timestamp + b.runSeconds);
+            if (terms.deadline < block.timestamp + b.runSeconds) {
+                revert MarketDeadlineTooShort(provider, terms.deadline, block.timestamp + b.runSeconds);
             }
-            (address signer, ECDSA.RecoverError err,) = ECDSA.tryRecover(_bidDigest(b), bids[i].v, bids[i].r, bids[i].s);
+            if (b.maxDeadline != 0 && terms.deadline > b.maxDeadline) {
+                revert MarketDeadlineTooLate(provider, terms.deadline, b.maxDeadline);
+            }
+            if (terms.window < b.minWindow) revert MarketWindowTooShort(provider, terms.window, b.minWindow);
+            (address signer, ECDSA.RecoverError err,) =
+                ECDSA.tryRecover(_bidDigest(b), bids[i].v, bids[i].r, bids[i].s);
             if (err != ECDSA.RecoverError.NoError || signer != provider) revert MarketBadBidSignature(provider, signer);
             uint256 bit = 1 << (b.nonce & 0xff);
             uint256 word = _nonces[provider][b.nonce >> 8];
@@ -621,6 +639,11 @@ contract JobMarket is IJobMarket, EIP712, ReentrancyGuard {
         }
     }
 
+    /// @dev Unpaid work earns no reputation, so a provider cannot farm jobsDone with free self-dealt jobs.
+    function _rewardFor(Assignment calldata a) private pure returns (CollateralOutcome) {
+        return a.price > 0 ? CollateralOutcome.Reward : CollateralOutcome.Release;
+    }
+
     function _bidDigest(Bid calldata bid) private view returns (bytes32) {
         return _hashTypedDataV4(keccak256(abi.encode(_BID_TYPEHASH, bid)));
     }
@@ -635,12 +658,19 @@ contract JobMarket is IJobMarket, EIP712, ReentrancyGuard {
     /// @dev Read the job slot and check `job` is its current state.
     function _load(bytes32 jobId, Job calldata job) private view returns (uint256 slot) {
         slot = _jobs[jobId];
-        if (slot == 0) revert MarketUnknownJob(jobId);
+        if (slot == 0 || slot == _TOMBSTONE) revert MarketUnknownJob(jobId);
         if (slot & _HASH_MASK != _hashCalldata(job)) revert MarketJobMismatch(jobId);
     }
 
+    /// @dev End a job's on-chain life: delete its slot (refund), or leave a tombstone when it settles in the block
+    /// that opened it, so the same requester and salt cannot open the same id again in that block.
+    function _close(bytes32 jobId) private {
+        if ((_jobs[jobId] & _BLOCK_MASK) >> 32 == uint32(block.number)) _jobs[jobId] = _TOMBSTONE;
+        else delete _jobs[jobId];
+    }
+
     function _check(bytes32 jobId, uint256 slot, bytes memory encoded) private pure {
-        if (slot == 0) revert MarketUnknownJob(jobId);
+        if (slot == 0 || slot == _TOMBSTONE) revert MarketUnknownJob(jobId);
         if (slot & _HASH_MASK != uint256(keccak256(encoded)) & _HASH_MASK) revert MarketJobMismatch(jobId);
     }
 

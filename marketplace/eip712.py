@@ -21,6 +21,8 @@ BID_TYPES: dict[str, list[dict[str, str]]] = {
         {"name": "price", "type": "uint96"},
         {"name": "collateral", "type": "uint96"},
         {"name": "runSeconds", "type": "uint32"},
+        {"name": "minWindow", "type": "uint32"},
+        {"name": "maxDeadline", "type": "uint64"},
         {"name": "expiry", "type": "uint64"},
         {"name": "nonce", "type": "uint256"},
     ]

@@ -9,7 +9,7 @@ from eth_utils import event_abi_to_log_topic
 from web3 import Web3
 
 from marketplace.errors import AgoraError
-from marketplace.types import Assignment, Job, JobPhase, Outcome
+from marketplace.types import HASH_MASK, TOMBSTONE_SLOT, Assignment, Job, JobPhase, Outcome
 
 
 class JobNotFoundError(AgoraError, LookupError):
@@ -79,6 +79,9 @@ class JobIndex:
             v.history.append({"event": name, "block": log["blockNumber"], "tx": Web3.to_hex(log["transactionHash"]),
                               "args": dict(a)})
             if name == "JobOpened":
+                # A new lifecycle under this id (only possible for a job settled in its opening block, which the
+                # market then blocks): start over, never mix two lifecycles.
+                v = JobView(job_id=job_id, job=None, history=v.history)
                 job = Job(requester=a["requester"], spec_hash=bytes(a["specHash"]), deadline=a["deadline"],
                           window=a["window"], replicas=a["replicas"], phase=JobPhase.OPEN, budget=a["escrow"])
                 if a["workers"]:
@@ -105,10 +108,10 @@ class JobIndex:
         v.job = job
         if job is not None and not v.settled:
             slot = self.market.functions.jobSlot(job_id).call()
-            if slot == 0:
+            if slot in (0, TOMBSTONE_SLOT):
                 raise AgoraError(f"job {Web3.to_hex(job_id)} has no live state on-chain but no JobSettled event "
                                  f"was found (logs pruned by the RPC?)")
-            if slot & ~0xFFFFFFFF != job.hash224():
+            if slot & HASH_MASK != job.slot_hash():
                 raise AgoraError(f"job {Web3.to_hex(job_id)}: events do not match the on-chain state "
                                  f"(a reorg, or logs pruned by the RPC?)")
         return v

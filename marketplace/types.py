@@ -21,7 +21,8 @@ ResultHash = NewType("ResultHash", bytes)  # 32 bytes
 
 TOKEN_DECIMALS = 18
 ZERO32 = b"\x00" * 32
-HASH_MASK = ~0xFFFFFFFF & (2**256 - 1)
+HASH_MASK = ~((1 << 64) - 1) & (2**256 - 1)  # job slot: hash192 | opening block32 | committed16 | revealed16
+TOMBSTONE_SLOT = 1
 
 ASSIGNMENT_ABI = "(address,uint96,uint96)"
 JOB_ABI = f"(address,bytes32,uint64,uint32,uint8,uint8,uint96,bytes32,uint64,{ASSIGNMENT_ABI}[],{ASSIGNMENT_ABI}[])"
@@ -77,30 +78,34 @@ class Bid:
     run_seconds: int
     expiry: int
     nonce: int
+    min_window: int = 0  # shortest challenge/reveal window accepted (0 = any the market allows)
+    max_deadline: int = 0  # latest result deadline accepted, unix seconds (0 = no bound)
 
     def as_abi(self) -> tuple[Any, ...]:
         return (self.spec_hash, to_checksum_address(self.requester), to_checksum_address(self.provider),
-                self.price, self.collateral, self.run_seconds, self.expiry, self.nonce)
+                self.price, self.collateral, self.run_seconds, self.min_window, self.max_deadline, self.expiry,
+                self.nonce)
 
     def as_message(self) -> dict[str, Any]:
         """The EIP-712 message dict."""
         return {"specHash": self.spec_hash, "requester": to_checksum_address(self.requester),
                 "provider": to_checksum_address(self.provider), "price": self.price,
-                "collateral": self.collateral, "runSeconds": self.run_seconds, "expiry": self.expiry,
-                "nonce": self.nonce}
+                "collateral": self.collateral, "runSeconds": self.run_seconds, "minWindow": self.min_window,
+                "maxDeadline": self.max_deadline, "expiry": self.expiry, "nonce": self.nonce}
 
     def to_json(self) -> dict[str, Any]:
         return {"specHash": "0x" + self.spec_hash.hex(), "requester": to_checksum_address(self.requester),
                 "provider": to_checksum_address(self.provider), "price": str(self.price),
-                "collateral": str(self.collateral), "runSeconds": self.run_seconds, "expiry": self.expiry,
-                "nonce": str(self.nonce)}
+                "collateral": str(self.collateral), "runSeconds": self.run_seconds, "minWindow": self.min_window,
+                "maxDeadline": self.max_deadline, "expiry": self.expiry, "nonce": str(self.nonce)}
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Bid:
         return cls(spec_hash=b32(d["specHash"]), requester=to_checksum_address(d["requester"]),
                    provider=to_checksum_address(d["provider"]), price=int(d["price"]),
                    collateral=int(d["collateral"]), run_seconds=int(d["runSeconds"]), expiry=int(d["expiry"]),
-                   nonce=int(d["nonce"]))
+                   nonce=int(d["nonce"]), min_window=int(d.get("minWindow", 0)),
+                   max_deadline=int(d.get("maxDeadline", 0)))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -176,8 +181,8 @@ class Job:
                 int(self.phase), self.budget, self.result, self.challenge_end,
                 [a.as_abi() for a in self.workers], [a.as_abi() for a in self.verifiers])
 
-    def hash224(self) -> int:
-        """keccak256(abi.encode(job)) with the low 32 bits cleared, as stored in the job slot."""
+    def slot_hash(self) -> int:
+        """keccak256(abi.encode(job)) with the low 64 bits cleared, as stored in the job slot (see HASH_MASK)."""
         return int.from_bytes(keccak(abi_encode([JOB_ABI], [self.as_abi()])), "big") & HASH_MASK
 
     def evolve(self, **changes: Any) -> Job:

@@ -66,13 +66,19 @@ interface IJobMarket {
     error MarketBidNonceUsed(address provider, uint256 nonce);
     error MarketDeadlineTooShort(address provider, uint64 deadline, uint256 needed);
     error MarketDuplicateProvider(address provider);
+    /// @notice A requester may not assign its own bid (self-dealing).
+    error MarketSelfDealing(address provider);
+    /// @notice The job's window is shorter than the provider's bid accepts.
+    error MarketWindowTooShort(address provider, uint32 window, uint32 minWindow);
+    /// @notice The job's deadline is later than the provider's bid accepts.
+    error MarketDeadlineTooLate(address provider, uint64 deadline, uint64 maxDeadline);
     error MarketOverBudget(uint256 total, uint96 budget);
     error MarketInsufficientAllowance(address owner, uint256 allowance, uint256 needed);
     error MarketInsufficientBalance(address owner, uint256 balance, uint256 needed);
     error MarketZeroResult();
     error MarketDeadlinePassed(uint64 deadline, uint256 now_);
     error MarketChallengeWindowClosed(uint64 challengeEnd, uint256 now_);
-    error MarketTooFewVerifiers(uint256 count);
+    error MarketBadVerifierCount(uint256 count, uint256 min, uint256 max);
     error MarketDisputeTooCostly(uint256 cost, uint96 collateral);
     error MarketAlreadyCommitted(uint256 index);
     error MarketNotCommitted(uint256 index);
@@ -92,7 +98,8 @@ interface IJobMarket {
     /// all in one transaction. With no bids the job stays Open with `params.budget` escrowed until `assign` or
     /// `cancel`. Escrow comes from the caller's market balance first, then from its token allowance.
     /// @return jobId keccak256(abi.encode(msg.sender, params.salt, block.number)): never reused, even after the
-    /// job settles and its slot is deleted, so no signature over a job id can be replayed.
+    /// job settles and its slot is deleted (a job settled in its opening block leaves a tombstone), so no
+    /// signature over a job id can be replayed.
     function openJob(JobParams calldata params, SignedBid[] calldata bids) external returns (bytes32 jobId);
 
     /// @notice Requester only: assign `job.replicas` bids to an Open job; the unspent budget is credited back.
@@ -164,11 +171,12 @@ interface IJobMarket {
     /// @notice Whether `nonce` of `provider` was used or cancelled.
     function isNonceUsed(address provider, uint256 nonce) external view returns (bool);
 
-    /// @notice Raw job slot: the top 224 bits of keccak256(abi.encode(job)), then two 16-bit bitmaps
-    /// (committed, revealed). 0 = no live job (unknown, or settled).
+    /// @notice Raw job slot: the top 192 bits of keccak256(abi.encode(job)), the opening block number (32 bits),
+    /// then two 16-bit bitmaps (committed, revealed). 0 = no live job (unknown, or settled); 1 = settled in the
+    /// block that opened it (kept so the id cannot be opened again in that block).
     function jobSlot(bytes32 jobId) external view returns (uint256);
 
-    /// @notice keccak256(abi.encode(job)) with its low 32 bits cleared, as compared against `jobSlot`.
+    /// @notice keccak256(abi.encode(job)) with its low 64 bits cleared, as compared against `jobSlot`.
     function hashJob(Job calldata job) external pure returns (uint256);
 
     /// @notice The commitment participant `provider` must publish for `result` and `salt`.

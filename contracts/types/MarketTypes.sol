@@ -33,8 +33,10 @@ enum CollateralOutcome {
 
 /// @notice A provider's off-chain offer, signed with EIP-712 by `provider`.
 /// `runSeconds` is the time the provider needs between assignment and its result: the job's deadline must
-/// leave at least that. `nonce` is unordered (a per-provider bitmap): each nonce is usable once, and a
-/// provider may cancel any set of them with `cancelNonces`.
+/// leave at least that. `minWindow` is the shortest challenge / reveal window the provider accepts (so a
+/// requester cannot open a window too short to reveal in), and `maxDeadline` (0 = no bound) the latest result
+/// deadline it accepts, which bounds how long its collateral can be locked. `nonce` is unordered (a per-provider
+/// bitmap): each nonce is usable once, and a provider may cancel any set of them with `cancelNonces`.
 struct Bid {
     bytes32 specHash;
     address requester;
@@ -42,6 +44,8 @@ struct Bid {
     uint96 price;
     uint96 collateral;
     uint32 runSeconds;
+    uint32 minWindow;
+    uint64 maxDeadline;
     uint64 expiry;
     uint256 nonce;
 }
@@ -90,8 +94,8 @@ struct JobParams {
     uint96 budget;
 }
 
-/// @notice The whole state of a live job. Only keccak256(abi.encode(job)) is stored (224 bits of it, next to the
-/// commit and reveal bitmaps); every call passes the job back as calldata and the market checks it against the
+/// @notice The whole state of a live job. Only keccak256(abi.encode(job)) is stored (192 bits of it, next to the
+/// opening block and the commit and reveal bitmaps); every call passes the job back as calldata and the market checks it against the
 /// stored hash. Off-chain code rebuilds it from the market's events (JobOpened, JobAssigned, ResultSubmitted,
 /// JobDisputed). Storing one commitment instead of every field is what keeps a job under 200k gas.
 struct Job {

@@ -60,6 +60,9 @@ def sign(spec_hash: Annotated[str, typer.Option(help="keccak of the job spec (0x
          price: Annotated[str, typer.Option(help="Price in tokens")],
          collateral: Annotated[str, typer.Option(help="Collateral locked from your stake, tokens")] = "10",
          run_seconds: Annotated[int, typer.Option(help="Seconds you need from assignment to result")] = 60,
+         min_window: Annotated[int, typer.Option(help="Shortest challenge/reveal window you accept, seconds")] = 60,
+         max_lock: Annotated[int, typer.Option(help="Latest result deadline you accept, seconds from now "
+                                                    "(bounds how long your collateral can be locked)")] = 86400,
          expires_in: Annotated[int, typer.Option(help="Offer valid for this many seconds")] = 3600,
          nonce: Annotated[int | None, typer.Option(help="Bid nonce (default: next unused)")] = None,
          out: Annotated[Path, typer.Option("--out", "-o", help="Bid file to write")] = Path("bid.json"),
@@ -75,7 +78,8 @@ def sign(spec_hash: Annotated[str, typer.Option(help="keccak of the job spec (0x
     provider = market.address
     bid = Bid(spec_hash=parse_b32(spec_hash, "spec hash"), requester=Web3.to_checksum_address(requester),
               provider=provider, price=parse_amount(price), collateral=parse_amount(collateral),
-              run_seconds=run_seconds, expiry=market.client.timestamp() + expires_in,
+              run_seconds=run_seconds, expiry=market.client.timestamp() + expires_in, min_window=min_window,
+              max_deadline=market.client.timestamp() + max_lock,
               nonce=nonce if nonce is not None else next_nonce(market, provider))
     signed = sign_bid(market.client.account, bid, chain_id=market.client.chain_id,
                       market=market.client.deployment.market)

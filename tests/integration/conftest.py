@@ -125,14 +125,15 @@ class Stack:
     def make_bid(self, provider: Market, spec_hash: bytes, price: float = 1, collateral: float = 10,
                  nonce: int | None = None, run_seconds: int = 30, expiry_in: int = 3600, *,
                  requester: Market | None = None, chain_id: int | None = None, market: str | None = None,
-                 signer_key: str | None = None) -> SignedBid:
+                 signer_key: str | None = None, min_window: int = 0, max_deadline: int = 0) -> SignedBid:
         """A bid of `provider` (prices in whole tokens) signed for this market.
 
         `signer_key` forges it with another key; `chain_id` / `market` sign it for another domain.
         """
         bid = Bid(spec_hash=spec_hash, requester=(requester or self.requester).address, provider=provider.address,
                   price=W(price), collateral=W(collateral), run_seconds=run_seconds,
-                  expiry=self.now() + expiry_in, nonce=self.next_nonce() if nonce is None else nonce)
+                  expiry=self.now() + expiry_in, nonce=self.next_nonce() if nonce is None else nonce,
+                  min_window=min_window, max_deadline=max_deadline)
         cid = chain_id if chain_id is not None else self.deployment.chain_id
         where = market or self.deployment.market
         if signer_key is None:

@@ -534,7 +534,7 @@ def test_dispute_too_costly(stack: Stack) -> None:
     with s.reverts("MarketDisputeTooCostly") as err:
         s.requester.dispute(job.job_id, vbids, s.now() + 600)
     assert err.value.error_args == {"cost": W(12), "collateral": W(10)}
-    with s.reverts("MarketTooFewVerifiers"):
+    with s.reverts("MarketBadVerifierCount"):
         s.requester.dispute(job.job_id, vbids[:1], s.now() + 600)
 
 

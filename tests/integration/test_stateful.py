@@ -90,7 +90,7 @@ _INFO_TYPE = "(bool,uint96,uint96,uint96,uint64,uint32,uint16,uint16,uint16,byte
 _SEL_BALANCE = keccak(text="balanceOf(address)")[:4]
 _SEL_INFO = keccak(text="providerInfo(address)")[:4]
 _BID_TYPEHASH = keccak(text="Bid(bytes32 specHash,address requester,address provider,uint96 price,uint96 collateral,"
-                            "uint32 runSeconds,uint64 expiry,uint256 nonce)")
+                            "uint32 runSeconds,uint32 minWindow,uint64 maxDeadline,uint64 expiry,uint256 nonce)")
 _PROV_FIELDS = ("stake", "locked", "unbonding", "readyAt", "done", "failed", "slashed")
 
 
@@ -212,8 +212,8 @@ def world() -> Any:
 
 
 def _bid_digest(sep: bytes, b: Bid) -> bytes:
-    struct = keccak(abi_encode(["bytes32", "bytes32", "address", "address", "uint96", "uint96", "uint32", "uint64",
-                                "uint256"], [_BID_TYPEHASH, *b.as_abi()]))
+    struct = keccak(abi_encode(["bytes32", "bytes32", "address", "address", "uint96", "uint96", "uint32", "uint32",
+                                "uint64", "uint64", "uint256"], [_BID_TYPEHASH, *b.as_abi()]))
     return keccak(b"\x19\x01" + sep + struct)
 
 
@@ -538,7 +538,7 @@ class Model:
         if t > j.challenge_end:
             raise Rejected("MarketChallengeWindowClosed")
         if len(bids) < 2 or len(bids) >= MAX_REPLICAS:
-            raise Rejected("MarketTooFewVerifiers")
+            raise Rejected("MarketBadVerifierCount")
         self._timing(deadline, j.window, t)
         verifiers, cost, take = self._take_bids(j.spec_hash, j.requester, deadline, bids, j.workers, t)
         if cost > j.workers[0].collateral:

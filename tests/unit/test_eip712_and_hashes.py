@@ -31,7 +31,7 @@ from marketplace.eip712 import (
 )
 from marketplace.errors import InsufficientFundsError, TransactionRevertedError
 from marketplace.revert import DecodedError, decode_revert, to_agora_error
-from marketplace.types import Assignment, Bid, Job, JobParams, JobPhase, commitment_for, job_id_for, to_wei
+from marketplace.types import HASH_MASK, Assignment, Bid, Job, JobParams, JobPhase, commitment_for, job_id_for, to_wei
 
 ADDR = [Account.from_key(bytes([i + 1]) * 32).address for i in range(8)]
 
@@ -127,10 +127,10 @@ def _jobs() -> list[Job]:
 
 @pytest.mark.parametrize("job", _jobs(), ids=lambda j: f"{j.phase.name}-w{len(j.workers)}-v{len(j.verifiers)}")
 def test_job_hash_matches_contract(chain: SimpleNamespace, job: Job) -> None:
-    assert job.hash224() == chain.market.functions.hashJob(job.as_abi()).call()
-    assert job.hash224() & 0xFFFFFFFF == 0
+    assert job.slot_hash() == chain.market.functions.hashJob(job.as_abi()).call()
+    assert job.slot_hash() & ((1 << 64) - 1) == 0
     # Any field change changes the hash (what makes a tampered job fail with MarketJobMismatch).
-    assert job.evolve(window=(job.window + 1) % 2**32).hash224() != job.hash224()
+    assert job.evolve(window=(job.window + 1) % 2**32).slot_hash() != job.slot_hash()
 
 
 def test_commitment_matches_contract(chain: SimpleNamespace) -> None:
@@ -162,7 +162,7 @@ def test_job_id_matches_open_job(chain: SimpleNamespace) -> None:
     job = Job(requester=chain.deployer.address, spec_hash=params.spec_hash, deadline=params.deadline,
               window=params.window, replicas=2, phase=JobPhase.OPEN, budget=params.budget)
     slot = chain.market.functions.jobSlot(expected).call()
-    assert slot & ~0xFFFFFFFF == job.hash224()
+    assert slot & HASH_MASK == job.slot_hash()
     assert job_id_for(ADDR[3], salt, receipt["blockNumber"]) != expected
     assert job_id_for(chain.deployer.address, salt, receipt["blockNumber"] + 1) != expected  # never reused
 
