@@ -68,3 +68,30 @@ class TransactionRevertedError(AgoraError, RuntimeError):
 
 class SpecError(AgoraError, ValueError):
     """A job spec or bid file is invalid."""
+
+
+class BlobNotFoundError(AgoraError, LookupError):
+    """No blob with this id in the store."""
+
+
+class BlobTooLargeError(AgoraError, ValueError):
+    """A blob is over the size cap; `size` and `limit` hold both sizes in bytes (`size` may be a lower bound
+    when a stream was cut off)."""
+
+    def __init__(self, message: str, *, size: int, limit: int) -> None:
+        super().__init__(message)
+        self.size = size
+        self.limit = limit
+
+
+class BlobIntegrityError(AgoraError, ValueError):
+    """A stored blob's bytes do not hash to its id (corrupted or tampered with)."""
+
+
+class ResultMismatchError(AgoraError, ValueError):
+    """Result outputs do not match their manifest (or another result); `tensor` names the first differing tensor
+    when there is one."""
+
+    def __init__(self, message: str, *, tensor: str | None = None) -> None:
+        super().__init__(message)
+        self.tensor = tensor

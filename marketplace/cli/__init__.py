@@ -21,6 +21,15 @@ def _register() -> None:
     for mod in pkgutil.iter_modules(__path__):
         if not mod.name.startswith("_"):
             importlib.import_module(f"{__name__}.{mod.name}")
+    # Plugins (e.g. the provider node's `agora run`): a module that adds commands to `app` when imported.
+    # A plugin whose dependencies are missing (torch on a requester machine) is skipped silently.
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group="agora.commands"):
+        try:
+            ep.load()
+        except ImportError:
+            continue
 
 
 def main() -> None:

@@ -1,0 +1,151 @@
+"""A job's result directory: `outputs.safetensors` plus `manifest.json` (a `ResultManifest`).
+
+The manifest records what ran (spec hash, profile, device, torch version, threads), how it ended (status and
+error), how long it took, and per output tensor its dtype, shape, file and canonical digest; `result_hash` is the
+canonical root (`marketplace.canonical`) that goes on-chain. Re-exported from `marketplace.canonical`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field, fields
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from marketplace.errors import ResultMismatchError, SpecError
+
+MANIFEST_FILE = "manifest.json"
+OUTPUTS_FILE = "outputs.safetensors"
+MANIFEST_VERSION = 1
+Status = Literal["ok", "timeout", "out-of-memory", "bad-input", "crash"]
+STATUSES: tuple[str, ...] = ("ok", "timeout", "out-of-memory", "bad-input", "crash")
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+@dataclass(kw_only=True)
+class ResultManifest:
+    """What one run of a job produced. `spec_hash` and `result_hash` are 0x-hex; `outputs` maps each tensor
+    name to {"dtype", "shape", "file", "digest"}; `timing` holds "wall_s", "compute_s" and "queue_s"."""
+
+    version: int = MANIFEST_VERSION
+    spec_hash: str
+    status: Status
+    error: str | None = None
+    result_hash: str | None = None
+    outputs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    profile: str = ""
+    device: str = ""
+    torch_version: str | None = None
+    timing: dict[str, float] = field(default_factory=lambda: {"wall_s": 0.0, "compute_s": 0.0, "queue_s": 0.0})
+    threads: int | None = None
+    created_at: str = field(default_factory=_now)
+
+    def __post_init__(self) -> None:
+        if self.version != MANIFEST_VERSION:
+            raise SpecError(f"result manifest version {self.version} is not supported (expected {MANIFEST_VERSION})")
+        if self.status not in STATUSES:
+            raise SpecError(f"result manifest status {self.status!r} is not one of {', '.join(STATUSES)}")
+        if self.status == "ok" and not self.result_hash:
+            raise SpecError("result manifest: status ok needs a result_hash")
+
+    def to_json(self) -> str:
+        """Pretty, sorted JSON (one trailing newline)."""
+        return json.dumps(asdict(self), indent=2, sort_keys=True, allow_nan=False) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> ResultManifest:
+        """Parse a manifest. Raises SpecError for bad JSON, unknown or missing fields, bad values."""
+        try:
+            data = json.loads(text)
+        except ValueError as err:
+            raise SpecError(f"result manifest is not valid JSON: {err}") from None
+        if not isinstance(data, dict):
+            raise SpecError("result manifest must be a JSON object")
+        unknown = sorted(set(data) - {f.name for f in fields(cls)})
+        if unknown:
+            raise SpecError(f"result manifest has unknown field(s) {unknown}")
+        try:
+            return cls(**data)
+        except TypeError as err:
+            raise SpecError(f"result manifest: {err}") from None
+
+    def write(self, directory: Path | str) -> Path:
+        """Write `<directory>/manifest.json` atomically; return its path. Raises OSError."""
+        return _atomic_write(Path(directory) / MANIFEST_FILE, self.to_json().encode())
+
+    @classmethod
+    def read(cls, directory: Path | str) -> ResultManifest:
+        """Read `<directory>/manifest.json`. Raises SpecError (missing or malformed)."""
+        path = Path(directory) / MANIFEST_FILE
+        try:
+            return cls.from_json(path.read_bytes())
+        except OSError as err:
+            raise SpecError(f"cannot read result manifest {path}: {err.strerror}") from None
+
+
+def _atomic_write(path: Path, data: bytes) -> Path:
+    """Temp file + rename in the same directory. OSError (e.g. EFBIG under RLIMIT_FSIZE) propagates; the
+    temporary file is removed."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(name, path)
+    finally:
+        Path(name).unlink(missing_ok=True)
+    return path
+
+
+def write_outputs(directory: Path | str, tensors: dict[str, np.ndarray]) -> dict[str, dict[str, Any]]:
+    """Write `tensors` to `<directory>/outputs.safetensors` (deterministic bytes) and return the manifest's
+    `outputs` entry: per name {"dtype", "shape", "file", "digest" (0x-hex tensor digest)}.
+    Raises SpecError (unsupported dtype or name), OSError (EFBIG when over an RLIMIT_FSIZE)."""
+    from marketplace.canonical import canonical_hash
+    from marketplace.tensors import dump_tensors
+
+    h = canonical_hash(tensors)
+    _atomic_write(Path(directory) / OUTPUTS_FILE, dump_tensors(tensors))
+    return {name: {"dtype": d.dtype, "shape": list(d.shape), "file": OUTPUTS_FILE, "digest": "0x" + d.digest.hex()}
+            for name, d in sorted(h.tensors.items())}
+
+
+def verify_result_dir(directory: Path | str):  # -> CanonicalHash
+    """Re-hash `<directory>/outputs.safetensors` and compare it with the manifest, tensor by tensor and at the
+    root. Returns the CanonicalHash. Raises SpecError (manifest or outputs unreadable, refused or malformed),
+    ResultMismatchError naming the first differing tensor (or the root)."""
+    from marketplace.canonical import canonical_hash
+    from marketplace.tensors import load_tensors
+
+    directory = Path(directory)
+    manifest = ResultManifest.read(directory)
+    if manifest.status != "ok":
+        raise ResultMismatchError(f"{directory}: the job ended with status {manifest.status}; no outputs to verify")
+    path = directory / OUTPUTS_FILE
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise SpecError(f"cannot read {path}: {err.strerror}") from None
+    h = canonical_hash(load_tensors(data, what=str(path)))
+    for name in sorted(set(h.tensors) | set(manifest.outputs)):
+        claimed, actual = manifest.outputs.get(name), h.tensors.get(name)
+        if claimed is None or actual is None:
+            where = "the manifest" if claimed is None else OUTPUTS_FILE
+            raise ResultMismatchError(f"{directory}: tensor {name!r} is missing from {where}", tensor=name)
+        got = {"dtype": actual.dtype, "shape": list(actual.shape), "digest": "0x" + actual.digest.hex()}
+        for key, value in got.items():
+            if claimed.get(key) != value:
+                raise ResultMismatchError(f"{directory}: tensor {name!r} {key} differs: manifest {claimed.get(key)}, "
+                                          f"{OUTPUTS_FILE} {value}", tensor=name)
+    if manifest.result_hash != h.hex:
+        raise ResultMismatchError(f"{directory}: result hash differs: manifest {manifest.result_hash}, "
+                                  f"recomputed {h.hex}")
+    return h
