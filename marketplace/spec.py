@@ -15,7 +15,15 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from eth_utils import keccak
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from marketplace.errors import SpecError
 

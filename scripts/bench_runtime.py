@@ -82,17 +82,28 @@ def bench_tiny(sandbox: Sandbox, store: BlobStore, work: Path, runs: int) -> dic
             "sandbox_p90_ms": sorted(boxed)[int(0.9 * (runs - 1))] * 1e3}
 
 
-def bench_long(sandbox: Sandbox, store: BlobStore, work: Path, seconds: float) -> dict[str, Any]:
+def bench_long(sandbox: Sandbox, store: BlobStore, work: Path, seconds: float, repeats: int = 3) -> dict[str, Any]:
     probe_steps = 200
     probe = train_spec(store, probe_steps)
     run_in_process(probe, store, work / "probe-warm")
     dt, _ = timed(lambda: ok(run_in_process(probe, store, work / "probe")))
     steps = max(probe_steps, int(seconds / dt * probe_steps))
     spec = train_spec(store, steps)
-    t_plain, m_plain = timed(lambda: ok(run_in_process(spec, store, work / "long-in")))
-    t_box, m_box = timed(lambda: ok(sandbox.run(spec, work / "long-box")))
-    return {"steps": steps, "in_process_s": t_plain, "sandbox_s": t_box,
-            "overhead_pct": (t_box - t_plain) / t_plain * 100, "same_result": m_plain.result_hash == m_box.result_hash}
+    plain, boxed, plain_compute, boxed_compute, hashes = [], [], [], [], set()
+    for i in range(repeats):  # interleaved, alternating which side goes first, so drift hits both alike
+        sides = [("in", plain, plain_compute, lambda i=i: ok(run_in_process(spec, store, work / f"long-in-{i}"))),
+                 ("box", boxed, boxed_compute, lambda i=i: ok(sandbox.run(spec, work / f"long-box-{i}")))]
+        for _name, walls, computes, fn in (sides if i % 2 == 0 else sides[::-1]):
+            dt, m = timed(fn)
+            walls.append(dt)
+            computes.append(m.timing["compute_s"])
+            hashes.add(m.result_hash)
+    t_plain, t_box = statistics.median(plain), statistics.median(boxed)
+    return {"steps": steps, "repeats": repeats, "in_process_s": t_plain, "sandbox_s": t_box,
+            "in_process_runs_s": plain, "sandbox_runs_s": boxed,
+            "in_process_compute_s": statistics.median(plain_compute),
+            "sandbox_compute_s": statistics.median(boxed_compute),
+            "overhead_pct": (t_box - t_plain) / t_plain * 100, "same_result": len(hashes) == 1}
 
 
 def bench_hash() -> dict[str, Any]:
@@ -129,6 +140,7 @@ def main() -> int:
     ap.add_argument("--out", type=Path, required=True, help="JSON file to write")
     ap.add_argument("--runs", type=int, default=30, help="tiny-job runs each way (default 30)")
     ap.add_argument("--long-seconds", type=float, default=30.0, help="in-process length of the long job")
+    ap.add_argument("--long-repeats", type=int, default=3, help="long-job runs each way, interleaved (median)")
     ap.add_argument("--skip-profiles", action="store_true")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="agora-bench-") as tmp:
@@ -136,7 +148,7 @@ def main() -> int:
         store = BlobStore(work / "store")
         with Sandbox(store, workers_dir=work / "workers") as sandbox:
             tiny = bench_tiny(sandbox, store, work, args.runs)
-            long = bench_long(sandbox, store, work, args.long_seconds)
+            long = bench_long(sandbox, store, work, args.long_seconds, args.long_repeats)
             profiles = {} if args.skip_profiles else bench_profiles(sandbox, store, work)
         hashing = bench_hash()
     summary = {"tiny_overhead_ms": round(tiny["overhead_ms"], 2), "long_job_overhead_pct": round(long["overhead_pct"], 3),
@@ -149,7 +161,8 @@ def main() -> int:
     print(f"{'tiny job overhead (ms/job)':<40}{summary['tiny_overhead_ms']:>12.1f}  {'<= 60':>10}  "
           f"sandbox {tiny['sandbox_ms']:.1f} ms vs in-process {tiny['in_process_ms']:.1f} ms (median of {args.runs})")
     print(f"{'long job overhead (%)':<40}{summary['long_job_overhead_pct']:>12.2f}  {'<= 3':>10}  "
-          f"{long['steps']} steps: sandbox {long['sandbox_s']:.2f} s vs in-process {long['in_process_s']:.2f} s, "
+          f"{long['steps']} steps, median of {long['repeats']}: sandbox {long['sandbox_s']:.2f} s vs in-process "
+          f"{long['in_process_s']:.2f} s (compute {long['sandbox_compute_s']:.2f} vs {long['in_process_compute_s']:.2f} s), "
           f"same hash: {long['same_result']}")
     print(f"{'canonical hash (GB/s)':<40}{summary['hash_gb_per_s']:>12.2f}  {'>= 1':>10}  {hashing['method']}")
     for kind, row in profiles.items():
