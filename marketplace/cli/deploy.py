@@ -20,15 +20,13 @@ from marketplace.cli._common import (
     spinner,
 )
 
-DEV_MNEMONIC = "test test test test test test test test test test test junk"
-
-
 def dev_accounts(count: int = 10) -> list:
     """The public, well-known accounts every local dev chain (anvil, ganache, hardhat) is started with."""
     from eth_account import Account
 
-    Account.enable_unaudited_hdwallet_features()
-    return [Account.from_mnemonic(DEV_MNEMONIC, account_path=f"m/44'/60'/0'/0/{i}") for i in range(count)]
+    from marketplace.chain import DEV_ACCOUNTS
+
+    return [Account.from_key(key) for key, _ in DEV_ACCOUNTS[:count]]
 
 
 @app.command("deploy")
