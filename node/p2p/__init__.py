@@ -1,0 +1,36 @@
+"""The provider's libp2p layer: identity, framing, host (noise only, yamux, request/response, ping)."""
+
+from .framing import (
+    MAX_FRAME,
+    FrameError,
+    FrameTimeoutError,
+    FrameTooLargeError,
+    P2PError,
+    read_frame,
+    write_frame,
+)
+from .host import (
+    PING_PROTOCOL,
+    P2PHost,
+    PeerTimeoutError,
+    PeerUnreachableError,
+    PingMismatchError,
+    open_host,
+    peer_info,
+)
+from .identity import (
+    PeerIdentityError,
+    PeerRecord,
+    PeerRecordError,
+    identity_key_path,
+    load_or_create_key,
+    peer_id_of,
+    verify_peer_record,
+)
+
+__all__ = [
+    "MAX_FRAME", "PING_PROTOCOL", "FrameError", "FrameTimeoutError", "FrameTooLargeError", "P2PError", "P2PHost",
+    "PeerIdentityError", "PeerRecord", "PeerRecordError", "PeerTimeoutError", "PeerUnreachableError",
+    "PingMismatchError", "identity_key_path", "load_or_create_key", "open_host", "peer_id_of", "peer_info",
+    "read_frame", "verify_peer_record", "write_frame",
+]

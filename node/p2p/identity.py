@@ -1,0 +1,131 @@
+"""The provider's libp2p identity and the signed record binding its peer id to an Ethereum address.
+
+- `load_or_create_key(path)`: a secp256k1 libp2p key pair kept as hex in one file (mode 0600, folder 0700).
+  `identity_key_path(keystore_dir)` names that file next to the keystore folder (`<home>/p2p-identity.key`).
+- `PeerRecord`: the account signs (EIP-191 `personal_sign`) `tensoragora-peer:<peer id base58>:<chain id>`;
+  `verify_peer_record(record, peer_id)` recovers the signer and returns its checksum address, or raises
+  `PeerRecordError` when the record is malformed, names another peer/chain, or was signed by another key.
+
+libp2p's own secp256k1 signatures are DER over SHA-256 and not what a contract verifies, hence the record.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from eth_account import Account
+from eth_account.messages import encode_defunct
+from eth_utils import to_checksum_address
+from libp2p.crypto.keys import KeyPair
+from libp2p.crypto.secp256k1 import create_new_key_pair
+from libp2p.peer.id import ID
+
+from marketplace.errors import AgoraError
+
+IDENTITY_FILE = "p2p-identity.key"
+RECORD_VERSION = 1
+
+
+class PeerIdentityError(AgoraError, ValueError):
+    """The libp2p identity key file is unreadable or malformed."""
+
+
+class PeerRecordError(AgoraError, ValueError):
+    """A peer record is malformed or does not bind this peer id to the claimed address."""
+
+
+def identity_key_path(keystore_dir: Path) -> Path:
+    """Where the libp2p key lives: beside the keystore folder (`<keystore_dir>/../p2p-identity.key`)."""
+    return Path(keystore_dir).expanduser().parent / IDENTITY_FILE
+
+
+def load_or_create_key(path: Path) -> KeyPair:
+    """Load the secp256k1 key pair stored (hex secret) at `path`, or create one there with mode 0600."""
+    path = Path(path)
+    try:
+        text = path.read_text().strip()
+    except FileNotFoundError:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        pair = create_new_key_pair()
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:  # another process created it meanwhile: use theirs
+            return load_or_create_key(path)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(pair.private_key.to_bytes().hex() + "\n")
+        return pair
+    except OSError as err:
+        raise PeerIdentityError(f"cannot read libp2p identity {path}: {err.strerror or err}") from None
+    try:
+        secret = bytes.fromhex(text)
+        if len(secret) != 32:
+            raise ValueError("not 32 bytes")
+        return create_new_key_pair(secret)
+    except ValueError:
+        raise PeerIdentityError(f"{path} is not a libp2p secp256k1 identity (64 hex characters)") from None
+
+
+def peer_id_of(key: KeyPair) -> ID:
+    return ID.from_pubkey(key.public_key)
+
+
+def record_message(peer_id: str, chain_id: int) -> str:
+    return f"tensoragora-peer:{peer_id}:{int(chain_id)}"
+
+
+@dataclass(frozen=True)
+class PeerRecord:
+    """`address` (checksum) says it runs libp2p peer `peer_id` (base58) on chain `chain_id`."""
+
+    peer_id: str
+    address: str
+    chain_id: int
+    signature: str  # 0x-hex, 65 bytes
+    version: int = RECORD_VERSION
+
+    @classmethod
+    def sign(cls, private_key: bytes | str, peer_id: ID | str, chain_id: int) -> PeerRecord:
+        acct = Account.from_key(private_key)
+        pid = str(peer_id)
+        signed = Account.sign_message(encode_defunct(text=record_message(pid, chain_id)), private_key=acct.key)
+        return cls(peer_id=pid, address=acct.address, chain_id=int(chain_id),
+                   signature="0x" + bytes(signed.signature).hex())
+
+    def to_json(self) -> dict[str, Any]:
+        return {"version": self.version, "peer_id": self.peer_id, "address": self.address,
+                "chain_id": self.chain_id, "signature": self.signature}
+
+    @classmethod
+    def from_json(cls, data: Any) -> PeerRecord:
+        try:
+            if int(data["version"]) != RECORD_VERSION:
+                raise PeerRecordError(f"unsupported peer record version {data['version']!r}")
+            return cls(peer_id=str(data["peer_id"]), address=to_checksum_address(data["address"]),
+                       chain_id=int(data["chain_id"]), signature=str(data["signature"]))
+        except PeerRecordError:
+            raise
+        except (KeyError, TypeError, ValueError) as err:
+            raise PeerRecordError(f"malformed peer record: {err}") from None
+
+
+def verify_peer_record(record: PeerRecord, peer_id: ID | str, *, chain_id: int | None = None) -> str:
+    """The checksum address that signed `record` for `peer_id` (and `chain_id` when given).
+
+    Raises `PeerRecordError` on another peer id or chain, a bad signature, or a signer other than
+    `record.address`.
+    """
+    if record.peer_id != str(peer_id):
+        raise PeerRecordError(f"peer record is for {record.peer_id}, not {peer_id}")
+    if chain_id is not None and record.chain_id != int(chain_id):
+        raise PeerRecordError(f"peer record is for chain {record.chain_id}, not {chain_id}")
+    try:
+        signer = Account.recover_message(encode_defunct(text=record_message(record.peer_id, record.chain_id)),
+                                         signature=record.signature)
+    except Exception as err:  # noqa: BLE001 - eth_keys raises several types for junk signatures
+        raise PeerRecordError(f"peer record signature is invalid: {err}") from None
+    if signer.lower() != record.address.lower():
+        raise PeerRecordError(f"peer record for {record.peer_id} claims {record.address} but was signed by {signer}")
+    return to_checksum_address(signer)
