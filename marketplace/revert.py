@@ -130,14 +130,12 @@ def to_agora_error(exc: BaseException, *, action: str, tx_hash: str | None = Non
     if decoded.name.endswith("InsufficientAllowance"):
         return InsufficientFundsError(
             f"{action}: insufficient allowance: {a['owner']} allows {from_wei(a['allowance'])} AGORA, "
-            f"needs {from_wei(a['needed'])} AGORA (approve more with `agora token approve`)", error_name=decoded.name, args=a)
-    if decoded.name.endswith("InsufficientBalance") and "needed" in a:
+            f"needs {from_wei(a['needed'])} AGORA (approve more with `agora token approve`)",
+            error_name=decoded.name, args=a)
+    if decoded.name.endswith("InsufficientBalance") and "needed" in a:  # ours (owner) and OZ's ERC20 (sender)
+        holder = a.get("owner", a.get("sender"))
         return InsufficientFundsError(
-            f"{action}: insufficient token balance: {a['owner']} has {from_wei(a['balance'])} AGORA, "
-            f"needs {from_wei(a['needed'])} AGORA", error_name=decoded.name, args=a)
-    if decoded.name == "ERC20InsufficientBalance":
-        return InsufficientFundsError(
-            f"{action}: insufficient token balance: {a['sender']} has {from_wei(a['balance'])} AGORA, "
+            f"{action}: insufficient token balance: {holder} has {from_wei(a['balance'])} AGORA, "
             f"needs {from_wei(a['needed'])} AGORA", error_name=decoded.name, args=a)
     if decoded.name == "RegistryInsufficientFreeStake":
         return InsufficientFundsError(
