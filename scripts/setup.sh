@@ -28,14 +28,26 @@ fi
 lockhash="$(sha256sum package-lock.json | cut -d' ' -f1)"
 if [ "$(cat node_modules/.tensoragora-lock 2>/dev/null)" != "$lockhash" ]; then
   echo "== installing npm toolchain from package-lock.json (solc, OpenZeppelin, anvil, ganache, hardhat)"
-  # Not `npm ci`: @foundry-rs/* list optional per-platform binaries that the registry does not serve for every
-  # platform, so the lock cannot hold them and `npm ci` refuses. `npm install` with the committed lock installs
-  # exactly the locked versions; the check below fails if it had to change the lock.
+  # Not `npm ci`: @foundry-rs/* list optional per-platform binaries that the registry serves on some days and not
+  # on others, so a lock written on one day is "out of sync" on another and `npm ci` refuses. `npm install` with
+  # the committed lock installs exactly the locked versions; the check below fails if any locked package changed
+  # version or integrity (new optional platform packages are fine), then puts the committed lock back.
+  orig="$(mktemp)"
+  cp package-lock.json "$orig"
   npm install --no-audit --no-fund --loglevel=error
-  if [ "$(sha256sum package-lock.json | cut -d' ' -f1)" != "$lockhash" ]; then
-    echo "package-lock.json changed during install: the lock is out of date with package.json" >&2
-    exit 1
-  fi
+  node -e '
+    const fs = require("fs");
+    const [a, b] = [process.argv[1], "package-lock.json"].map(f => JSON.parse(fs.readFileSync(f)).packages);
+    const bad = [];
+    for (const [k, v] of Object.entries(a)) {
+      const w = b[k];
+      if (!w) { if (!v.optional) bad.push(k + " removed"); continue; }
+      if (v.version !== w.version || v.integrity !== w.integrity) bad.push(k + " " + v.version + " -> " + w.version);
+    }
+    for (const [k, w] of Object.entries(b)) if (!a[k] && !w.optional) bad.push(k + " added");
+    if (bad.length) { console.error("package-lock.json is out of date with package.json:\n  " + bad.join("\n  ")); process.exit(1); }
+  ' "$orig"
+  cp "$orig" package-lock.json && rm -f "$orig"
   echo "$lockhash" > node_modules/.tensoragora-lock
 fi
 export HARDHAT_DISABLE_TELEMETRY_PROMPT=true
