@@ -14,7 +14,7 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from node.p2p import PeerRecord, load_or_create_key, open_host
+from marketplace.p2p import PeerRecord, load_or_create_key, open_host
 
 ECHO = "/agora/echo/1"
 RECORD = "/agora/record/1"

@@ -26,7 +26,7 @@ trio = pytest.importorskip("trio")
 
 from eth_account import Account
 
-from node.p2p import (
+from marketplace.p2p import (
     MAX_FRAME,
     FrameError,
     FrameTooLargeError,
@@ -261,6 +261,6 @@ def test_peer_record_binds_peer_id_to_address(peer: Peer, client_key) -> None:  
 
 
 def client_id(key) -> str:  # type: ignore[no-untyped-def]
-    from node.p2p import peer_id_of
+    from marketplace.p2p import peer_id_of
 
     return str(peer_id_of(key))

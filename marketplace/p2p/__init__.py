@@ -1,4 +1,4 @@
-"""The provider's libp2p layer: identity, framing, host (noise only, yamux, request/response, ping)."""
+"""The libp2p layer shared by provider and requester: identity, framing, host (noise only, yamux, request/response, ping)."""
 
 from .framing import (
     MAX_FRAME,

@@ -19,7 +19,7 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any, TypeAlias
 
 import multiaddr
@@ -35,8 +35,10 @@ from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
 from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
+from libp2p.tools.anyio_service import background_trio_service
 
 from .framing import MAX_FRAME, FrameError, P2PError, read_frame, write_frame
+from .gossip import Gossip, GossipOptions, build_pubsub
 
 log = logging.getLogger(__name__)
 
@@ -83,10 +85,29 @@ async def _discard(stream: Any, *, reset: bool) -> None:
 class P2PHost:
     """A running host; build it with `open_host`."""
 
-    def __init__(self, host: Any, *, max_frame: int = MAX_FRAME) -> None:
+    def __init__(self, host: Any, *, max_frame: int = MAX_FRAME, gossip: Gossip | None = None) -> None:
         self.host = host
         self.max_frame = max_frame
+        self._gossip = gossip
         self.serve(PING_PROTOCOL, _pong)
+
+    @property
+    def gossip(self) -> Gossip:
+        """The host's pub/sub (`open_host(gossip=True)`)."""
+        if self._gossip is None:
+            raise P2PError("this host was opened without gossip (open_host(gossip=True))")
+        return self._gossip
+
+    def connected_peers(self) -> list[ID]:
+        return list(self.host.get_connected_peers())
+
+    async def disconnect(self, peer: ID) -> None:
+        """Drop every connection to `peer` (a hung or misbehaving peer); never raises."""
+        with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT):
+            try:
+                await self.host.disconnect(peer)
+            except Exception as err:  # noqa: BLE001 - already gone is disconnected enough
+                log.debug("disconnecting %s failed: %s", peer, err)
 
     @property
     def peer_id(self) -> ID:
@@ -204,18 +225,35 @@ def build_host(key: KeyPair, listen: list[multiaddr.Multiaddr]) -> Any:
 
 
 @asynccontextmanager
-async def open_host(*, key: KeyPair, listen: str = DEFAULT_LISTEN, max_frame: int = MAX_FRAME
-                    ) -> AsyncIterator[P2PHost]:
+async def open_host(*, key: KeyPair, listen: str = DEFAULT_LISTEN, max_frame: int = MAX_FRAME,
+                    gossip: bool | GossipOptions = False) -> AsyncIterator[P2PHost]:
     """Run a host listening on `listen` (loopback, port 0 by default); close it and its connections on exit.
 
-    `key`: the libp2p key pair (see `identity.load_or_create_key`); `max_frame`: the default frame cap.
+    `key`: the libp2p key pair (see `identity.load_or_create_key`); `max_frame`: the default frame cap;
+    `gossip`: also run gossipsub (True for the defaults, or `GossipOptions`), started before the host listens.
     """
     addrs = [multiaddr.Multiaddr(listen)]
     host = build_host(key, addrs)
+    async with AsyncExitStack() as stack:
+        wrapper = None
+        if gossip:
+            options = gossip if isinstance(gossip, GossipOptions) else GossipOptions()
+            pubsub, router = build_pubsub(host, options)
+            await stack.enter_async_context(background_trio_service(pubsub))
+            await stack.enter_async_context(background_trio_service(router))
+            await pubsub.wait_until_ready()
+            wrapper = Gossip(pubsub, router, options)
+        async with _running(host, addrs, max_frame, wrapper) as node:
+            yield node
+
+
+@asynccontextmanager
+async def _running(host: Any, addrs: list[multiaddr.Multiaddr], max_frame: int, gossip: Gossip | None
+                   ) -> AsyncIterator[P2PHost]:
     try:
         async with host.run(addrs):
             try:
-                yield P2PHost(host, max_frame=max_frame)
+                yield P2PHost(host, max_frame=max_frame, gossip=gossip)
             finally:
                 with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT):
                     await host.close()

@@ -1,0 +1,451 @@
+"""The market's wire protocol over libp2p: topics, message schemas, signatures and validation. No torch, no trio.
+
+Every message is one JSON object (canonical: sorted keys, no spaces) with a `type` field, sent either on a
+gossipsub topic (announcements, adverts) or as one frame of a request/response protocol (see `marketplace.p2p`).
+Bytes travel as 0x-hex, token amounts as decimal strings of wei, times as unix seconds (or `*_ms` milliseconds).
+
+    topic                                  what                              signed by
+    agora/1/jobs/<kind>/<device>           Announce  (requester -> all)      requester's Ethereum key (EIP-191)
+    agora/1/adverts                        Advert    (provider -> all)       provider's Ethereum key (EIP-191)
+
+    protocol            request (initiator)                reply
+    /agora/bid/1        BidOffer   (provider -> requester)  Ack   (the bid is EIP-712 signed for the contract)
+    /agora/assign/1     Assigned   (requester -> provider)  Ack   (the provider re-checks it on chain)
+    /agora/result/1     ResultMsg | CommitMsg | RevealMsg    Ack   (provider -> requester; EIP-712 where relayed)
+    /agora/blob/1       BlobRequest (either way)             BLOB_OK + total size (8 bytes) + chunk, or BLOB_ERR + text
+
+Parsing never raises anything but `ProtocolError` (a subclass of ValueError) whatever the bytes; `decode` checks
+size, JSON, the schema (unknown fields are errors) and the types. Signatures and freshness are checked by the
+`verify_*` functions and `AnnounceValidator`, which also enforces replay protection and a per-requester rate
+limit (the job of gossipsub's own spam protection, which the project switches off; see TOOLCHAIN.md).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Annotated, Any, Literal
+
+from eth_account import Account
+from eth_account.messages import encode_defunct
+from eth_utils import keccak, to_checksum_address
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+
+from marketplace.errors import AgoraError
+
+PROTOCOL_VERSION = 1
+TOPIC_PREFIX = "agora/1"
+ADVERT_TOPIC = f"{TOPIC_PREFIX}/adverts"
+BID_PROTOCOL = "/agora/bid/1"
+ASSIGN_PROTOCOL = "/agora/assign/1"
+RESULT_PROTOCOL = "/agora/result/1"
+BLOB_PROTOCOL = "/agora/blob/1"
+
+KINDS = ("inference", "train", "finetune", "evaluate")
+DEVICES = ("cpu", "cuda")
+
+MAX_ANNOUNCE_BYTES = 4096
+MAX_ADVERT_BYTES = 4096
+MAX_MESSAGE_BYTES = 16 * 1024  # bid, assign, result, commit, reveal and blob requests
+BLOB_CHUNK = 512 * 1024  # the most one /agora/blob/1 reply carries (under the 1 MiB frame cap)
+BLOB_OK, BLOB_ERR = b"\x00", b"\x01"
+
+MAX_CLOCK_SKEW_S = 30  # an announcement stamped further from now than this is stale (or from the future)
+MAX_BID_WINDOW_S = 120  # the longest bid window an announcement may ask for
+REPLAY_TTL_S = 600  # how long a seen (requester, nonce) is remembered; > skew + bid window
+
+Hex32 = Annotated[str, StringConstraints(pattern=r"^0x[0-9a-fA-F]{64}$")]
+Hex16 = Annotated[str, StringConstraints(pattern=r"^0x[0-9a-fA-F]{32}$")]
+HexSig = Annotated[str, StringConstraints(pattern=r"^0x[0-9a-fA-F]{130}$")]
+Address = Annotated[str, StringConstraints(pattern=r"^0x[0-9a-fA-F]{40}$")]
+Wei = Annotated[str, StringConstraints(pattern=r"^[0-9]{1,30}$")]
+PeerIdStr = Annotated[str, StringConstraints(pattern=r"^[1-9A-HJ-NP-Za-km-z]{30,80}$")]
+Multiaddr = Annotated[str, StringConstraints(min_length=4, max_length=256)]
+BlobIdStr = Annotated[str, StringConstraints(pattern=r"^sha256:[0-9a-f]{64}$")]
+
+
+class ProtocolError(AgoraError, ValueError):
+    """A message that is malformed, oversized, unsigned, wrongly signed, replayed, stale or rate-limited."""
+
+    def __init__(self, message: str, *, reason: str = "malformed") -> None:
+        super().__init__(message)
+        self.reason = reason  # a short label for metrics and logs: malformed, oversized, signature, stale, ...
+
+
+class _Msg(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    def body(self) -> dict[str, Any]:
+        """The message as a dict, without its signature."""
+        d = self.model_dump(mode="json")
+        d.pop("signature", None)
+        return d
+
+    def encode(self) -> bytes:
+        return canonical(self.model_dump(mode="json"))
+
+
+def canonical(obj: Any) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode()
+
+
+def body_digest(msg: _Msg) -> bytes:
+    """keccak256 of the canonical JSON of the message without its signature: what its signer signs."""
+    return keccak(canonical(msg.body()))
+
+
+def sign_digest(private_key: Any, digest: bytes) -> str:
+    key = getattr(private_key, "key", private_key)
+    signed = Account.sign_message(encode_defunct(primitive=digest), private_key=key)
+    return "0x" + bytes(signed.signature).hex()
+
+
+def recover_digest(digest: bytes, signature: str) -> str:
+    try:
+        return str(Account.recover_message(encode_defunct(primitive=digest), signature=signature))
+    except Exception as err:  # noqa: BLE001 - eth_keys raises several types for junk signatures
+        raise ProtocolError(f"bad signature: {err}", reason="signature") from None
+
+
+# ---------------------------------------------------------------------------------------------------- gossip
+class Announce(_Msg):
+    """A requester asks for bids on a job. `max_price` is per replica, `run_seconds` is the time from the job's
+    opening to its result deadline, `window` the reveal/challenge window; bids go to `requester_peer` until
+    `bid_until_ms`."""
+
+    type: Literal["announce"] = "announce"
+    v: Literal[1] = 1
+    chain_id: int = Field(ge=1)
+    market: Address
+    requester: Address
+    requester_peer: PeerIdStr
+    requester_addrs: list[Multiaddr] = Field(min_length=1, max_length=8)
+    spec_hash: Hex32
+    kind: Literal["inference", "train", "finetune", "evaluate"]
+    device: Literal["cpu", "cuda"]
+    replicas: int = Field(ge=1, le=15)
+    max_price: Wei
+    min_collateral: Wei = "0"
+    run_seconds: int = Field(ge=1, le=30 * 24 * 3600)
+    window: int = Field(ge=1, le=7 * 24 * 3600)
+    input_bytes: int = Field(ge=0)
+    ts_ms: int = Field(ge=0)
+    bid_until_ms: int = Field(ge=0)
+    nonce: Hex16
+    signature: HexSig | None = None
+
+    @property
+    def topic(self) -> str:
+        return job_topic(self.kind, self.device)
+
+    @property
+    def ann_id(self) -> str:
+        """The announcement's id, which bids quote: 0x-hex keccak of its signed body."""
+        return "0x" + body_digest(self).hex()
+
+    def signed(self, private_key: Any) -> Announce:
+        return self.model_copy(update={"signature": sign_digest(private_key, body_digest(self))})
+
+
+class Advert(_Msg):
+    """A provider's capabilities and prices, bound to its peer id by `record` (a PeerRecord)."""
+
+    type: Literal["advert"] = "advert"
+    v: Literal[1] = 1
+    chain_id: int = Field(ge=1)
+    provider: Address
+    peer: PeerIdStr
+    addrs: list[Multiaddr] = Field(max_length=8)
+    record: dict[str, Any]
+    device: str = Field(max_length=128)
+    device_class: Literal["cpu", "cuda"]
+    memory_mb: int = Field(ge=0)
+    torch: str = Field(max_length=64)
+    throughput: dict[str, float] = Field(max_length=16)  # e.g. {"gflops": 35.2, "hash_gbps": 2.7}
+    prices: dict[str, Wei] = Field(max_length=8)  # per kind
+    capacity: int = Field(ge=0, le=1024)
+    ts_ms: int = Field(ge=0)
+    signature: HexSig | None = None
+
+    def signed(self, private_key: Any) -> Advert:
+        return self.model_copy(update={"signature": sign_digest(private_key, body_digest(self))})
+
+
+# ---------------------------------------------------------------------------------------------------- requests
+class Sig(_Msg):
+    v: int = Field(ge=0, le=255)
+    r: Hex32
+    s: Hex32
+
+    def as_tuple(self) -> tuple[int, bytes, bytes]:
+        return self.v, bytes.fromhex(self.r[2:]), bytes.fromhex(self.s[2:])
+
+    @classmethod
+    def of(cls, v: int, r: bytes, s: bytes) -> Sig:
+        return cls(v=int(v), r="0x" + bytes(r).hex(), s="0x" + bytes(s).hex())
+
+
+class BidOffer(_Msg):
+    """A provider's bid for announcement `ann`: `bid` is `SignedBid.to_json()` (EIP-712, what openJob takes),
+    `record` a `PeerRecord.to_json()` binding the sending peer to the bid's provider address."""
+
+    type: Literal["bid"] = "bid"
+    v: Literal[1] = 1
+    ann: Hex32
+    bid: dict[str, Any]
+    record: dict[str, Any]
+    eta_s: float = Field(ge=0, le=30 * 24 * 3600)  # the provider's estimate of the run time
+    device: str = Field(default="", max_length=128)
+
+
+class Assigned(_Msg):
+    """The requester tells a winner it was assigned `index` in job `job_id` (opened by `tx` in `block`)."""
+
+    type: Literal["assigned"] = "assigned"
+    v: Literal[1] = 1
+    ann: Hex32
+    job_id: Hex32
+    index: int = Field(ge=0, le=15)
+    block: int = Field(ge=0)
+    tx: Hex32
+
+
+class OutputRef(_Msg):
+    name: Literal["outputs.safetensors", "manifest.json"]
+    blob: BlobIdStr
+    size: int = Field(ge=0)
+
+
+class ResultMsg(_Msg):
+    """k = 1: the provider's result hash, EIP-712 signed for `acceptSignedResult`, and where to fetch outputs."""
+
+    type: Literal["result"] = "result"
+    v: Literal[1] = 1
+    job_id: Hex32
+    result: Hex32
+    sig: Sig
+    outputs: list[OutputRef] = Field(min_length=2, max_length=2)
+
+
+class CommitMsg(_Msg):
+    """k >= 2: participant `index`'s commitment, EIP-712 signed for `commitBatch`."""
+
+    type: Literal["commit"] = "commit"
+    v: Literal[1] = 1
+    job_id: Hex32
+    index: int = Field(ge=0, le=15)
+    commitment: Hex32
+    sig: Sig
+
+
+class RevealMsg(_Msg):
+    """k >= 2: the opening of participant `index`'s commitment (sent only once every commitment is on chain)."""
+
+    type: Literal["reveal"] = "reveal"
+    v: Literal[1] = 1
+    job_id: Hex32
+    index: int = Field(ge=0, le=15)
+    result: Hex32
+    salt: Hex32
+    outputs: list[OutputRef] = Field(min_length=2, max_length=2)
+
+
+class BlobRequest(_Msg):
+    """Ask for `length` bytes of blob `blob` from `offset`, for job `job_id` (whose parties alone are served).
+    `blob` is a `sha256:` blob id, or `spec:<spec hash>` for the job's canonical spec JSON."""
+
+    type: Literal["blob"] = "blob"
+    v: Literal[1] = 1
+    job_id: Hex32
+    blob: Annotated[str, StringConstraints(pattern=r"^(sha256:[0-9a-f]{64}|spec:0x[0-9a-f]{64})$")]
+    offset: int = Field(ge=0)
+    length: int = Field(ge=1, le=BLOB_CHUNK)
+
+
+class Ack(_Msg):
+    type: Literal["ack"] = "ack"
+    v: Literal[1] = 1
+    ok: bool
+    reason: str = Field(default="", max_length=512)
+
+
+GOSSIP_TYPES: dict[str, type[_Msg]] = {"announce": Announce, "advert": Advert}
+REQUEST_TYPES: dict[str, type[_Msg]] = {
+    "bid": BidOffer, "assigned": Assigned, "result": ResultMsg, "commit": CommitMsg, "reveal": RevealMsg,
+    "blob": BlobRequest, "ack": Ack,
+}
+
+
+def job_topic(kind: str, device: str) -> str:
+    if kind not in KINDS:
+        raise ProtocolError(f"unknown job kind {kind!r} (expected one of {', '.join(KINDS)})")
+    if device not in DEVICES:
+        raise ProtocolError(f"unknown device class {device!r} (expected one of {', '.join(DEVICES)})")
+    return f"{TOPIC_PREFIX}/jobs/{kind}/{device}"
+
+
+def decode(data: bytes, expect: type[_Msg] | tuple[type[_Msg], ...], *, max_bytes: int = MAX_MESSAGE_BYTES) -> Any:
+    """Parse one message of the type(s) `expect`. Raises ProtocolError, never anything else."""
+    if len(data) > max_bytes:
+        raise ProtocolError(f"message of {len(data)} bytes exceeds {max_bytes}", reason="oversized")
+    try:
+        obj = json.loads(data)
+    except (ValueError, UnicodeDecodeError, RecursionError) as err:
+        raise ProtocolError(f"not JSON: {str(err)[:80]}") from None
+    if not isinstance(obj, dict):
+        raise ProtocolError("a message is a JSON object")
+    kinds = expect if isinstance(expect, tuple) else (expect,)
+    by_type = {k.model_fields["type"].default: k for k in kinds}
+    cls = by_type.get(obj.get("type"))  # type: ignore[arg-type]
+    if cls is None:
+        raise ProtocolError(f"unexpected message type {str(obj.get('type'))[:32]!r} "
+                            f"(expected {', '.join(sorted(by_type))})", reason="type")
+    try:
+        return cls.model_validate(obj)
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "<root>"
+        raise ProtocolError(f"invalid {obj['type']}: {where}: {first['msg']}"[:300]) from None
+    except (TypeError, ValueError, RecursionError) as err:
+        raise ProtocolError(f"invalid {obj['type']}: {str(err)[:120]}") from None
+
+
+def verify_signed(msg: Announce | Advert, signer: str) -> None:
+    """Check that `msg` carries a signature by `signer`. Raises ProtocolError."""
+    if msg.signature is None:
+        raise ProtocolError(f"unsigned {msg.type}", reason="unsigned")
+    got = recover_digest(body_digest(msg), msg.signature)
+    if got.lower() != signer.lower():
+        raise ProtocolError(f"{msg.type} claims {to_checksum_address(signer)} but was signed by {got}",
+                            reason="signature")
+
+
+def blob_reply_ok(total: int, chunk: bytes) -> bytes:
+    return BLOB_OK + total.to_bytes(8, "big") + chunk
+
+
+def blob_reply_err(reason: str) -> bytes:
+    return BLOB_ERR + reason.encode()[:512]
+
+
+def parse_blob_reply(data: bytes) -> tuple[int, bytes]:
+    """(total size, chunk) of a /agora/blob/1 reply. Raises ProtocolError for an error reply or junk."""
+    if data[:1] == BLOB_ERR:
+        raise ProtocolError(f"peer refused the blob: {data[1:].decode(errors='replace')}", reason="refused")
+    if data[:1] != BLOB_OK or len(data) < 9:
+        raise ProtocolError("malformed blob reply")
+    return int.from_bytes(data[1:9], "big"), data[9:]
+
+
+# ---------------------------------------------------------------------------------------------------- validation
+class RateLimiter:
+    """A token bucket per key: `rate` per second, bursts of `burst`. `allow(key)` spends one token."""
+
+    def __init__(self, rate: float, burst: int, *, clock: Callable[[], float] = time.monotonic,
+                 max_keys: int = 100_000) -> None:
+        self.rate, self.burst, self.clock, self.max_keys = rate, burst, clock, max_keys
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+
+    def allow(self, key: str) -> bool:
+        now = self.clock()
+        tokens, last = self._buckets.pop(key, (float(self.burst), now))
+        tokens = min(float(self.burst), tokens + (now - last) * self.rate)
+        ok = tokens >= 1.0
+        self._buckets[key] = (tokens - 1.0 if ok else tokens, now)
+        while len(self._buckets) > self.max_keys:
+            self._buckets.popitem(last=False)
+        return ok
+
+
+class ReplayCache:
+    """Remembers keys for `ttl` seconds; `seen(key)` is True for a key already remembered (and remembers it)."""
+
+    def __init__(self, ttl: float = REPLAY_TTL_S, *, clock: Callable[[], float] = time.monotonic,
+                 max_keys: int = 200_000) -> None:
+        self.ttl, self.clock, self.max_keys = ttl, clock, max_keys
+        self._keys: OrderedDict[str, float] = OrderedDict()
+
+    def seen(self, key: str) -> bool:
+        now = self.clock()
+        while self._keys:
+            k, t = next(iter(self._keys.items()))
+            if now - t <= self.ttl and len(self._keys) <= self.max_keys:
+                break
+            self._keys.popitem(last=False)
+        if key in self._keys:
+            return True
+        self._keys[key] = now
+        return False
+
+
+class AnnounceValidator:
+    """Everything a node checks before it acts on or forwards an announcement, except funds (a chain read,
+    see `FundsCheck`): size, schema, chain and market, topic, signature, freshness, replay, rate per requester.
+
+    `check(data, topic)` returns the `Announce` or raises ProtocolError with a `reason`.
+    """
+
+    def __init__(self, *, chain_id: int, market: str, rate: float = 20.0, burst: int = 40,
+                 wall: Callable[[], float] = time.time) -> None:
+        self.chain_id, self.market, self.wall = chain_id, market.lower(), wall
+        self.rates = RateLimiter(rate, burst)
+        self.replays = ReplayCache()
+
+    def check(self, data: bytes, topic: str | None = None) -> Announce:
+        ann: Announce = decode(data, Announce, max_bytes=MAX_ANNOUNCE_BYTES)
+        if ann.chain_id != self.chain_id or ann.market.lower() != self.market:
+            raise ProtocolError(f"announcement for chain {ann.chain_id} market {ann.market}, not ours",
+                                reason="chain")
+        if topic is not None and topic != ann.topic:
+            raise ProtocolError(f"announcement for {ann.topic} published on {topic}", reason="topic")
+        if int(ann.max_price) >= 1 << 96 or int(ann.min_collateral) >= 1 << 96:
+            raise ProtocolError("price or collateral does not fit uint96")
+        now_ms = int(self.wall() * 1000)
+        if abs(now_ms - ann.ts_ms) > MAX_CLOCK_SKEW_S * 1000:
+            raise ProtocolError(f"stale announcement ({(now_ms - ann.ts_ms) / 1000:.1f} s old)", reason="stale")
+        if ann.bid_until_ms < ann.ts_ms or ann.bid_until_ms - ann.ts_ms > MAX_BID_WINDOW_S * 1000:
+            raise ProtocolError("bid window out of bounds", reason="malformed")
+        if ann.bid_until_ms < now_ms:
+            raise ProtocolError("bid window already closed", reason="stale")
+        verify_signed(ann, ann.requester)  # before replay/rate: a forged message must not burn a real key's budget
+        if self.replays.seen(f"{ann.requester.lower()}:{ann.nonce}"):
+            raise ProtocolError("replayed announcement", reason="replay")
+        if not self.rates.allow(ann.requester.lower()):
+            raise ProtocolError(f"requester {ann.requester} exceeds {self.rates.rate:g} announcements/s",
+                                reason="rate")
+        return ann
+
+
+class AdvertValidator:
+    """Size, schema, chain, signature, record and freshness of provider adverts, with a rate limit per provider."""
+
+    def __init__(self, *, chain_id: int, rate: float = 1.0, burst: int = 5,
+                 wall: Callable[[], float] = time.time) -> None:
+        self.chain_id, self.wall = chain_id, wall
+        self.rates = RateLimiter(rate, burst)
+
+    def check(self, data: bytes) -> Advert:
+        from marketplace.p2p.identity import PeerRecord, verify_peer_record
+
+        adv: Advert = decode(data, Advert, max_bytes=MAX_ADVERT_BYTES)
+        if adv.chain_id != self.chain_id:
+            raise ProtocolError(f"advert for chain {adv.chain_id}", reason="chain")
+        now_ms = int(self.wall() * 1000)
+        if abs(now_ms - adv.ts_ms) > 5 * 60 * 1000:
+            raise ProtocolError("stale advert", reason="stale")
+        verify_signed(adv, adv.provider)
+        try:
+            signer = verify_peer_record(PeerRecord.from_json(adv.record), adv.peer, chain_id=self.chain_id)
+        except AgoraError as err:
+            raise ProtocolError(f"advert peer record: {err}", reason="signature") from None
+        if signer.lower() != adv.provider.lower():
+            raise ProtocolError("advert peer record is for another address", reason="signature")
+        if not self.rates.allow(adv.provider.lower()):
+            raise ProtocolError("advert rate exceeded", reason="rate")
+        return adv
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
