@@ -298,7 +298,8 @@ def decode(data: bytes, expect: type[_Msg] | tuple[type[_Msg], ...], *, max_byte
         raise ProtocolError("a message is a JSON object")
     kinds = expect if isinstance(expect, tuple) else (expect,)
     by_type = {k.model_fields["type"].default: k for k in kinds}
-    cls = by_type.get(obj.get("type"))  # type: ignore[arg-type]
+    tag = obj.get("type")
+    cls = by_type.get(tag) if isinstance(tag, str) else None  # a list or object as type must not raise
     if cls is None:
         raise ProtocolError(f"unexpected message type {str(obj.get('type'))[:32]!r} "
                             f"(expected {', '.join(sorted(by_type))})", reason="type")

@@ -47,7 +47,8 @@ def _require_torch() -> None:
 def _open_store(store: Path | None) -> Any:
     from marketplace.blobs import BlobStore, default_store
 
-    return BlobStore(store) if store is not None else default_store()
+    # Absolute: the sandbox worker runs jobs from its own scratch directory.
+    return BlobStore(store.resolve()) if store is not None else default_store()
 
 
 def _manifest_json(result_dir: Path) -> dict[str, Any]:
@@ -133,3 +134,110 @@ def verify_cmd(spec_path: SpecArg,
     if not as_json:
         console.print(f"[green]match[/green] {mine.result_hash} ({len(ours)} tensors, profile "
                       f"{spec.determinism})", highlight=False, soft_wrap=True)
+
+
+# ---------------------------------------------------------------------------------------------- agora node
+node_app = typer.Typer(help="Run a provider node: bid on announced jobs, run them, get paid.",
+                       no_args_is_help=True)
+app.add_typer(node_app, name="node")
+
+
+def _setup_logging(fmt: str) -> None:
+    """Logs go to stderr (stdout carries the ready line): text, or one JSON object per line."""
+    import logging
+    import sys
+
+    class JsonFormatter(logging.Formatter):
+        def format(self, record: logging.LogRecord) -> str:
+            entry = {"ts": round(record.created, 3), "level": record.levelname.lower(), "logger": record.name,
+                     "msg": record.getMessage()}
+            if record.exc_info:
+                entry["exc"] = self.formatException(record.exc_info)
+            return json.dumps(entry, default=str)
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else
+                         logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+    for noisy in ("libp2p", "multiaddr", "web3", "urllib3", "async_service", "marketplace.p2p"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _leaf_agora_error(err: BaseException) -> AgoraError | None:
+    """The AgoraError inside a (nested) exception group of one leaf, so the user sees one line."""
+    while isinstance(err, BaseExceptionGroup) and len(err.exceptions) == 1:
+        err = err.exceptions[0]
+    return err if isinstance(err, AgoraError) else None
+
+
+@node_app.command("run")
+@handle_errors
+def node_run(
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="node.yaml (see `agora node init`)")] = None,
+    account: Annotated[str | None, typer.Option("--account", "-a", help="Keystore name or address [env AGORA_ACCOUNT]")] = None,
+    bootstrap: Annotated[list[str] | None, typer.Option("--bootstrap", help="Bootstrap multiaddr (repeatable) [env AGORA_BOOTSTRAP]")] = None,
+    ops_port: Annotated[int | None, typer.Option("--ops-port", help="Ops HTTP port on 127.0.0.1 (0 random, -1 off)")] = None,
+    log_format: Annotated[str, typer.Option("--log-format", help="text or json (stderr)")] = "text",
+    password_file: Annotated[Path | None, typer.Option("--password-file", help="File whose first line is the keystore password [or env AGORA_PASSWORD]")] = None,
+    rpc: Annotated[str | None, typer.Option("--rpc", help="JSON-RPC URL [env AGORA_RPC]")] = None,
+    deployments: Annotated[Path | None, typer.Option("--deployments", help="Folder of <chainId>.json files [env AGORA_DEPLOYMENTS]")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Run the provider node until SIGINT / SIGTERM. Prints one JSON "ready" line on stdout when it bids."""
+    _require_torch()
+    import sys
+
+    import trio
+
+    from marketplace.client import ChainClient
+    from marketplace.config import load_settings
+    from marketplace.errors import ConfigError
+    from marketplace.wallet import load_account
+    from node.agent.agent import Agent
+    from node.agent.config import load_config
+
+    if log_format not in ("text", "json"):
+        raise ConfigError(f"--log-format must be text or json, got {log_format!r}")
+    _setup_logging(log_format)
+    cfg = load_config(config, account=account, bootstrap=bootstrap or None, ops_port=ops_port)
+    settings = load_settings()
+    signer = load_account(account=cfg.account, password_file=password_file, settings=settings)
+    client = ChainClient.open(rpc or settings.rpc_url, deployments or settings.deployments_dir, account=signer)
+    data_dir = Path(cfg.data_dir).expanduser() if cfg.data_dir else settings.home / "node" / signer.address
+    key_path = settings.keystore_dir / f"{signer.address}.p2p.key"  # docs/market-protocol.md, "Identities"
+    agent = Agent(cfg, signer, client, data_dir=data_dir, key_path=key_path)
+
+    def ready(info: dict[str, Any]) -> None:
+        sys.stdout.write(json.dumps(info, sort_keys=True) + "\n")
+        sys.stdout.flush()
+
+    try:
+        trio.run(agent.run, ready)
+    except BaseExceptionGroup as group:
+        leaf = _leaf_agora_error(group)
+        if leaf is None:
+            raise
+        raise leaf from None
+    if as_json:
+        ready({"event": "stopped", "address": signer.address})
+
+
+@node_app.command("init")
+@handle_errors
+def node_init(out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the config")] = Path("node.yaml"),
+              force: Annotated[bool, typer.Option("--force", help="Overwrite an existing file")] = False,
+              as_json: JsonOpt = False) -> None:
+    """Write a commented default node.yaml."""
+    from marketplace.errors import ConfigError
+    from node.agent.config import DEFAULT_YAML
+
+    if out.exists() and not force:
+        raise ConfigError(f"{out} exists; pass --force to overwrite it")
+    out.write_text(DEFAULT_YAML)
+    if as_json:
+        emit_json({"path": str(out)})
+    else:
+        console.print(f"wrote {escape(str(out))}; edit prices and stake, then `agora node run --config {escape(str(out))}`",
+                      highlight=False, soft_wrap=True)

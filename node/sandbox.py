@@ -86,7 +86,7 @@ class Sandbox:
         out_dir.mkdir(parents=True, exist_ok=True)
         with self._lock:
             worker = self._worker(environment_for(spec))
-            request = {"spec": spec.canonical_json().decode(), "store": str(self.store.root),
+            request = {"spec": spec.canonical_json().decode(), "store": str(Path(self.store.root).resolve()),
                        "out_dir": str(out_dir.resolve()), "wall_seconds": spec.limits.wall_seconds,
                        "workers_dir": str(self.workers_dir), "pinned": worker.env_name == "pinned"}
             try:

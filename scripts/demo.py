@@ -1,11 +1,18 @@
 #!/usr/bin/env python3
-"""The whole job lifecycle, by hand, with the real `agora` CLI against a real local chain.
+"""The whole market on one machine: a chain, a bootstrap node, three provider nodes and a requester.
 
-Starts Anvil (or --ganache / --hardhat), deploys, imports the public dev keys into keystores, registers three
-providers, then runs a k = 1 job (bid, open, submit, accept) and a k = 3 job (bids, open, commit, reveal, one
-provider lying) and prints who paid whom. Every step is an `agora ...` subprocess, exactly what a user types.
+Starts Anvil, deploys, imports dev keys into keystores, then starts in separate processes a bootstrap node
+(`agora p2p bootstrap`) and three provider nodes (`agora node run`, each with its own price table). The requester
+then buys compute with `agora job submit ... --wait`, exactly as a user would:
 
-Usage: python scripts/demo.py [--ganache | --hardhat] [--json]
+- a k = 3 replicated inference job (the three results must agree on chain),
+- a k = 1 training job (the cheapest reputable provider wins),
+- a k = 1 evaluation job,
+
+and the demo prints a settlement table (job, winners, price, gas, latency, outcome), each provider's earnings,
+then stops every process cleanly (SIGTERM) and exits.
+
+Usage: python scripts/demo.py [--json] [--keep]
 """
 
 from __future__ import annotations
@@ -13,131 +20,206 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
+from typing import IO, Any
 
 from marketplace.chain import LocalChain
 from marketplace.types import from_wei
 
 ROOT = Path(__file__).resolve().parent.parent
 NAMES = ["deployer", "alice", "prov1", "prov2", "prov3"]  # dev accounts 0..4
+PROVIDERS = {  # name -> (price table in tokens, collateral)
+    "prov1": ({"inference": "1.0", "train": "4.0", "evaluate": "1.0", "finetune": "4.0"}, "5"),
+    "prov2": ({"inference": "1.2", "train": "3.0", "evaluate": "1.5", "finetune": "3.0"}, "5"),
+    "prov3": ({"inference": "1.5", "train": "6.0", "evaluate": "0.8", "finetune": "6.0"}, "5"),
+}
+JOBS = [  # (label, spec, replicas, max price per replica)
+    ("inference k=3", "examples/specs/mlp-inference.yaml", 3, "2"),
+    ("train k=1", "examples/specs/mlp-train.yaml", 1, "5"),
+    ("evaluate k=1", "examples/specs/mlp-evaluate.yaml", 1, "2"),
+]
 
 
-class Cli:
-    def __init__(self, env: dict[str, str], verbose: bool) -> None:
-        self.env = env
-        self.verbose = verbose
-        self.agora = [sys.executable, "-m", "marketplace.cli"]
+class Proc:
+    """A long-running `agora` process whose first stdout line is a JSON ready record."""
 
-    def __call__(self, *args: str, account: str | None = None, want_json: bool = False) -> dict | list | str:
-        argv = [*self.agora, *args]
-        if account:
-            argv += ["--account", account]
-        if want_json:
-            argv.append("--json")
-        shown = "agora " + " ".join(a if len(a) < 48 else a[:20] + "…" for a in argv[3:])
-        if self.verbose:
-            print(f"  $ {shown}", flush=True)
-        proc = subprocess.run(argv, env=self.env, capture_output=True, text=True, cwd=self.env["DEMO_CWD"])
-        if proc.returncode != 0:
-            raise SystemExit(f"demo step failed: {shown}\n{proc.stderr.strip()}")
-        return json.loads(proc.stdout) if want_json else proc.stdout
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], logdir: Path, timeout: float = 120) -> None:
+        self.name = name
+        self.log = (logdir / f"{name}.log").open("w")
+        self.proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=self.log, text=True,
+                                     cwd=env["DEMO_CWD"])
+        self.ready = self._read_ready(timeout)
+        threading.Thread(target=self._drain, args=(self.proc.stdout,), daemon=True).start()
+
+    def _read_ready(self, timeout: float) -> dict[str, Any]:
+        deadline = time.time() + timeout
+        assert self.proc.stdout is not None
+        box: dict[str, Any] = {}
+
+        def read() -> None:
+            for line in self.proc.stdout:  # type: ignore[union-attr]
+                line = line.strip()
+                if line.startswith("{"):
+                    try:
+                        rec = json.loads(line)
+                    except ValueError:
+                        continue
+                    if rec.get("event") == "ready":
+                        box["ready"] = rec
+                        return
+
+        t = threading.Thread(target=read, daemon=True)
+        t.start()
+        t.join(max(0.0, deadline - time.time()))
+        if "ready" not in box:
+            self.stop()
+            raise SystemExit(f"demo: {self.name} did not start within {timeout:.0f} s; see {self.log.name}")
+        return box["ready"]
+
+    @staticmethod
+    def _drain(stream: IO[str] | None) -> None:
+        for _ in stream or ():
+            pass
+
+    def stop(self, timeout: float = 15) -> int | None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+        return self.proc.returncode
+
+
+def agora(env: dict[str, str], *args: str, account: str | None = None, quiet: bool = False) -> Any:
+    argv = [sys.executable, "-m", "marketplace.cli", *args, "--json"]
+    if account:
+        argv += ["--account", account]
+    if not quiet:
+        shown = " ".join(a if len(a) < 60 else a[:24] + "…" for a in args)
+        print(f"  $ agora {shown}" + (f" --account {account}" if account else ""), flush=True)
+    proc = subprocess.run(argv, env=env, capture_output=True, text=True, cwd=env["DEMO_CWD"])
+    if proc.returncode != 0:
+        raise SystemExit(f"demo step failed: agora {' '.join(args)}\n{proc.stderr.strip()}\n{proc.stdout.strip()}")
+    return json.loads(proc.stdout)
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    kind = ap.add_mutually_exclusive_group()
-    kind.add_argument("--ganache", action="store_true")
-    kind.add_argument("--hardhat", action="store_true")
-    ap.add_argument("--json", action="store_true", help="print the final report as JSON")
+    ap.add_argument("--json", action="store_true", help="print the final report as JSON only")
+    ap.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, databases)")
     args = ap.parse_args(argv)
-    chain_kind = "ganache" if args.ganache else "hardhat" if args.hardhat else "anvil"
+    say = (lambda *_a, **_k: None) if args.json else print
     t0 = time.time()
-    with tempfile.TemporaryDirectory(prefix="agora-demo-") as tmp, LocalChain(chain_kind) as chain:
-        tmpdir = Path(tmp)
-        env = {**os.environ, "AGORA_RPC": chain.rpc_url, "AGORA_HOME": str(tmpdir / "home"),
-               "AGORA_DEPLOYMENTS": str(tmpdir / "deployments"), "AGORA_PASSWORD": "demo-password",
-               "DEMO_CWD": str(tmpdir)}
-        agora = Cli(env, verbose=not args.json)
-        say = (lambda *_: None) if args.json else print
-        say(f"== {chain_kind} on {chain.rpc_url}; deploying")
-        dep = agora("deploy", want_json=True)
-        say("== importing dev keys into keystores")
-        addr = {}
-        for i, name in enumerate(NAMES):
-            keyfile = tmpdir / f"{name}.key"
-            keyfile.write_text(chain.dev_private_keys[i] + "\n")
-            agora("wallet", "import", name, "--private-key-file", str(keyfile))
-            keyfile.unlink()
-            addr[name] = agora("wallet", "address", name, want_json=True)["address"]
-        provs = ["prov1", "prov2", "prov3"]
-        say("== providers register with 500 AGORA stake")
-        for p in provs:
-            agora("provider", "register", "--stake", "500", "--peer-id", "0x0025" + os.urandom(37).hex(),
-                  "--approve", account=p)
-        before = {n: agora("token", "balance", addr[n], want_json=True) for n in NAMES}
+    tmp = Path(tempfile.mkdtemp(prefix="agora-demo-"))
+    procs: list[Proc] = []
+    try:
+        with LocalChain("anvil") as chain:
+            env = {**os.environ, "AGORA_RPC": chain.rpc_url, "AGORA_HOME": str(tmp / "home"),
+                   "AGORA_DEPLOYMENTS": str(tmp / "deployments"), "AGORA_PASSWORD": "demo-password",
+                   "DEMO_CWD": str(tmp), "PYTHONUNBUFFERED": "1"}
+            report = run_demo(env, chain, tmp, procs, say, quiet=args.json)
+            say("\n== stopping nodes (SIGTERM)")
+            codes = {p.name: p.stop() for p in reversed(procs)}
+            procs.clear()
+            report["exit_codes"] = codes
+    finally:
+        for p in procs:
+            p.stop()
+        if not args.keep:
+            import shutil
 
-        say("== k = 1: prov1 bids, alice opens with the bid, prov1 submits, alice accepts")
-        spec1 = "0x" + os.urandom(32).hex()
-        agora("bid", "sign", "--spec-hash", spec1, "--requester", addr["alice"], "--price", "5",
-              "--collateral", "20", "--out", str(tmpdir / "bid1.json"), account="prov1")
-        job1 = agora("job", "open", "--spec-hash", spec1, "--bid", str(tmpdir / "bid1.json"), "--approve",
-                     account="alice", want_json=True)["jobId"]
-        agora("provider", "submit", job1, "0x" + "ab" * 32, account="prov1")
-        agora("job", "accept", job1, account="alice")
-
-        say("== k = 3: three bids; prov3 lies; commit, reveal, majority settles")
-        spec3 = "0x" + os.urandom(32).hex()
-        bid_files = []
-        for p in provs:
-            f = tmpdir / f"bid3-{p}.json"
-            agora("bid", "sign", "--spec-hash", spec3, "--requester", addr["alice"], "--price", "3",
-                  "--collateral", "30", "--out", str(f), account=p)
-            bid_files += ["--bid", str(f)]
-        job3 = agora("job", "open", "--spec-hash", spec3, *bid_files, "--approve", account="alice",
-                     want_json=True)["jobId"]
-        results = {"prov1": "0x" + "cd" * 32, "prov2": "0x" + "cd" * 32, "prov3": "0x" + "ee" * 32}
-        for p in provs:
-            agora("provider", "commit", job3, results[p], account=p)
-        for p in provs:
-            agora("provider", "reveal", job3, account=p)
-        status3 = agora("job", "status", job3, want_json=True)
-
-        say("== everyone withdraws their market balance")
-        for n in ["alice", *provs]:
-            bal = agora("token", "balance", addr[n], want_json=True)
-            if int(bal["market_balance_wei"]) > 0:
-                agora("withdraw", account=n)
-        after = {n: agora("token", "balance", addr[n], want_json=True) for n in NAMES}
-        status1 = agora("job", "status", job1, want_json=True)
-        infos = {p: agora("provider", "info", addr[p], want_json=True) for p in provs}
-
-    moves = {n: int(after[n]["token_wei"]) - int(before[n]["token_wei"]) for n in NAMES}
-    report = {"chain": chain_kind, "deployment": dep, "jobs": {"k1": status1, "k3": status3},
-              "token_delta_wei": {n: str(v) for n, v in moves.items()},
-              "reputation": {p: {k: infos[p][k] for k in ("jobsDone", "jobsFailed", "timesSlashed", "scoreBps")}
-                             for p in provs},
-              "seconds": round(time.time() - t0, 1)}
+            shutil.rmtree(tmp, ignore_errors=True)
+    report["seconds"] = round(time.time() - t0, 1)
     if args.json:
         print(json.dumps(report, indent=2))
-        return 0
-    print("\n== who paid whom")
-    print(f"  job {job1[:10]}… k=1: alice paid prov1 5 AGORA ({status1['status']})")
-    s3 = status3["settlement"]
-    print(f"  job {job3[:10]}… k=3: {status3['status']}, paid mask {s3['paidMask']:#05b}, slashed mask "
-          f"{s3['slashedMask']:#05b}; alice refunded {from_wei(int(s3['refund']))} + compensated "
-          f"{from_wei(int(s3['compensation']))} AGORA from prov3's collateral")
-    print(f"\n  {'account':<10}{'token change':>16}   {'jobs done/failed/slashed':<26}{'score':>8}")
+    else:
+        print_report(report)
+        if args.keep:
+            print(f"  (logs and databases kept in {tmp})")
+    return 0 if all(c == 0 for c in report["exit_codes"].values()) else 1
+
+
+def run_demo(env: dict[str, str], chain: LocalChain, tmp: Path, procs: list[Proc], say: Any,
+             quiet: bool) -> dict[str, Any]:
+    logs = tmp / "logs"
+    logs.mkdir()
+    py = [sys.executable, "-m", "marketplace.cli"]
+    say(f"== anvil on {chain.rpc_url}; deploying")
+    dep = agora(env, "deploy", quiet=quiet)
+    say("== importing dev keys into keystores")
+    addr: dict[str, str] = {}
+    for i, name in enumerate(NAMES):
+        keyfile = tmp / f"{name}.key"
+        keyfile.write_text(chain.dev_private_keys[i] + "\n")
+        agora(env, "wallet", "import", name, "--private-key-file", str(keyfile), quiet=True)
+        keyfile.unlink()
+        addr[name] = agora(env, "wallet", "address", name, quiet=True)["address"]
+    say("== example datasets and weights into alice's blob store")
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "make_examples.py"), "--store",
+                    str(tmp / "home" / "blobs"), "--out", str(tmp / "specs")], env=env, check=True,
+                   capture_output=True)
+
+    say("== bootstrap node")
+    boot = Proc("bootstrap", [*py, "p2p", "bootstrap", "--json"], env, logs)
+    procs.append(boot)
+    bootstrap = boot.ready["addrs"][0]
+    say(f"   {bootstrap}")
+    say("== three provider nodes (each registers with 100 AGORA stake)")
+    for name, (prices, collateral) in PROVIDERS.items():
+        cfg = tmp / f"{name}.yaml"
+        cfg.write_text(json.dumps({"account": name, "bootstrap": [bootstrap], "prices": prices,
+                                   "collateral": collateral, "stake": "100", "capacity": 2,
+                                   "ops_port": 0, "auto_withdraw": "1"}))
+        node = Proc(name, [*py, "node", "run", "--config", str(cfg), "--log-format", "json"], env, logs, 180)
+        procs.append(node)
+        say(f"   {name} {node.ready['address']}  peer {node.ready['peer_id'][:16]}…  ops {node.ready.get('ops')}")
+    before = {n: agora(env, "token", "balance", addr[n], quiet=True) for n in NAMES}
+
+    results = []
+    for label, spec, k, max_price in JOBS:
+        say(f"\n== {label}: {spec}, max price {max_price} AGORA per replica")
+        spec_path = tmp / "specs" / Path(spec).name
+        started = time.time()
+        out = agora(env, "job", "submit", str(spec_path), "--replicas", str(k), "--max-price", max_price,
+                    "--bootstrap", bootstrap, "--approve", "--wait", "--out", str(tmp / "results" / label.split()[0]),
+                    account="alice", quiet=quiet)
+        out["label"] = label
+        out["wall_s"] = round(time.time() - started, 2)
+        results.append(out)
+        say(f"   {out.get('explanation', {}).get('summary', '')}")
+    time.sleep(2)  # let auto-withdraw transactions land
+    after = {n: agora(env, "token", "balance", addr[n], quiet=True) for n in NAMES}
+    moves = {n: int(after[n]["token_wei"]) - int(before[n]["token_wei"]) for n in NAMES}
+    market = {n: int(after[n]["market_balance_wei"]) - int(before[n]["market_balance_wei"]) for n in NAMES}
+    return {"deployment": dep, "providers": {n: addr[n] for n in PROVIDERS}, "jobs": results,
+            "token_delta_wei": {n: str(v) for n, v in moves.items()},
+            "market_delta_wei": {n: str(v) for n, v in market.items()}, "addresses": addr}
+
+
+def print_report(report: dict[str, Any]) -> None:
+    names = {v: k for k, v in report["addresses"].items()}
+    print("\n== settlement")
+    print(f"  {'job':<15}{'winners':<22}{'price':>8}{'gas':>10}{'latency':>10}  outcome")
+    for job in report["jobs"]:
+        winners = ",".join(names.get(w["provider"], w["provider"][:8]) for w in job.get("winners", []))
+        price = sum(int(w["price"]) for w in job.get("winners", []))
+        gas = sum(int(g) for g in job.get("gas", {}).values())
+        lat = job.get("timings", {}).get("total_s", job["wall_s"])
+        print(f"  {job['label']:<15}{winners:<22}{from_wei(price):>8}{gas:>10,}{lat:>9.2f}s  {job.get('outcome', '?')}")
+    print(f"\n  {'account':<10}{'tokens':>14}{'in market':>12}")
     for n in NAMES:
-        rep = report["reputation"].get(n)
-        extra = (f"{rep['jobsDone']}/{rep['jobsFailed']}/{rep['timesSlashed']}".ljust(26)
-                 + f"{int(rep['scoreBps']) / 100:>7.2f}%") if rep else ""
-        print(f"  {n:<10}{from_wei(moves[n]):>16}   {extra}")
-    print(f"\n  (stakes stay bonded in the registry; total demo time {report['seconds']} s)")
-    return 0
+        print(f"  {n:<10}{from_wei(int(report['token_delta_wei'][n])):>14}"
+              f"{from_wei(int(report['market_delta_wei'][n])):>12}")
+    print(f"\n  exit codes {report['exit_codes']}; total demo time {report['seconds']} s")
 
 
 if __name__ == "__main__":

@@ -216,18 +216,29 @@ def status(job_id: str, rpc: RpcOpt = None, deployments: DeploymentsOpt = None, 
     """Phase, deadlines, participants, commits and reveals, and the settlement of a job."""
     market = open_market(rpc, deployments, None, None, need_account=False)
     view = market.job(parse_b32(job_id, "job id"))
+    row = _local_row(job_id)
     if json_out:
-        emit_json(view_json(view))
+        emit_json({**view_json(view), "local": row.to_json() if row else None})
     else:
         _print_view(view, market.client.timestamp())
+        if row is not None:
+            console.print(f"  local: {row.state}  out {row.out_dir}  timings {row.timings}  gas {row.gas}"
+                          + (f"  error {row.error}" if row.error else ""), highlight=False, soft_wrap=True)
+            if row.explanation:
+                _print_explanation(row.explanation)
 
 
 @job_app.command("list")
 @handle_errors
 def list_jobs(requester: Annotated[str | None, typer.Option(help="Only jobs of this requester")] = None,
+              local: Annotated[bool, typer.Option("--local", help="Jobs of this machine's requester database instead (no chain needed)")] = False,
               rpc: RpcOpt = None, deployments: DeploymentsOpt = None, json_out: JsonOpt = False) -> None:
-    """Jobs opened on this market (from its events), with their status."""
+    """Jobs opened on this market (from its events), with their status; --local: this machine's requester jobs."""
     from web3 import Web3
+
+    if local:
+        _list_local(json_out)
+        return
 
     market = open_market(rpc, deployments, None, None, need_account=False)
     opened = market.client.market.events.JobOpened
@@ -242,3 +253,188 @@ def list_jobs(requester: Annotated[str | None, typer.Option(help="Only jobs of t
                       highlight=False)
     if not rows:
         console.print("no jobs yet")
+
+
+def _list_local(json_out: bool) -> None:
+    from marketplace.config import load_settings
+    from marketplace.requester.store import RequesterStore
+
+    base = load_settings().home / "requester"
+    rows = [r for db in sorted(base.glob("*/requester.db")) for r in RequesterStore(db).jobs()] if base.is_dir() else []
+    if json_out:
+        emit_json([r.to_json() for r in rows])
+        return
+    for r in rows:
+        name = r.job_id or f"(announcement {r.ann_id[:18]}…)"
+        console.print(f"{name}  {r.state:<9} k={r.k}  {r.error or ''}", highlight=False, soft_wrap=True)
+    if not rows:
+        console.print("no local requester jobs")
+
+
+# ---------------------------------------------------------------------------------------------------- requester
+BootstrapOpt = Annotated[list[str], typer.Option("--bootstrap", help="Bootstrap multiaddr (repeat) [env AGORA_BOOTSTRAP, comma separated]")]
+ListenOpt = Annotated[str, typer.Option("--listen", help="libp2p listen multiaddr")]
+StoreOpt = Annotated[Path | None, typer.Option("--store", help="Blob store holding the spec's inputs [default $AGORA_HOME/blobs]")]
+
+
+def _requester_parts(market: Any, store_dir: Path | None) -> tuple[Any, Any, Any]:
+    """(RequesterStore, BlobStore, libp2p key) of the unlocked account."""
+    from marketplace.blobs import BlobStore, default_store
+    from marketplace.config import load_settings
+    from marketplace.p2p import load_or_create_key
+    from marketplace.requester import RequesterStore, identity_path
+
+    settings = load_settings()
+    store = RequesterStore.for_account(settings.home, market.address)
+    blobs = BlobStore(store_dir) if store_dir else default_store()
+    key = load_or_create_key(identity_path(settings.keystore_dir, market.address))
+    return store, blobs, key
+
+
+def _bootstrap(given: list[str]) -> list[str]:
+    import os
+
+    return list(given) or [a.strip() for a in os.environ.get("AGORA_BOOTSTRAP", "").split(",") if a.strip()]
+
+
+def _say(msg: str) -> None:
+    console.print(f"[dim]·[/dim] {msg}", highlight=False, soft_wrap=True)
+
+
+def _print_explanation(expl: dict[str, Any]) -> None:
+    from marketplace.types import from_wei
+
+    for b in sorted(expl.get("bids", []), key=lambda b: (b.get("rank") or 99, b["order"])):
+        rep = f"{b['score_bps'] / 10000:.2f}" if b.get("score_bps") is not None else "?"
+        eff = from_wei(int(b["effective_price"])) if b.get("effective_price") else "-"
+        console.print(f"  #{b.get('rank') or '-'} {b['provider']}  price {from_wei(int(b['price'] or 0))}  "
+                      f"reputation {rep}  effective {eff}  {b['reason']}", highlight=False, soft_wrap=True)
+    console.print(f"  {expl.get('summary', '')}", highlight=False, soft_wrap=True)
+
+
+@job_app.command("submit")
+@handle_errors
+def submit(
+    spec: Annotated[Path, typer.Argument(help="Job spec (YAML or JSON)")],
+    replicas: Annotated[int, typer.Option("--replicas", "-k", help="k providers (k >= 2: commit-reveal)")] = 1,
+    max_price: Annotated[str, typer.Option("--max-price", help="Most you pay each provider, tokens")] = "1",
+    min_collateral: Annotated[str, typer.Option("--min-collateral", help="Least collateral a bid must lock")] = "0",
+    bid_window: Annotated[float, typer.Option("--bid-window", help="Seconds to collect bids")] = 2.0,
+    grace: Annotated[float, typer.Option("--grace", help="Close early this long after k acceptable bids")] = 0.05,
+    run_seconds: Annotated[int | None, typer.Option("--run-seconds", help="Opening -> result deadline [default: spec wall_seconds + 30, at least the market minimum]")] = None,
+    window: Annotated[int | None, typer.Option("--window", help="Challenge / reveal window, seconds")] = None,
+    bootstrap: BootstrapOpt = [],  # noqa: B006 - typer default
+    listen: ListenOpt = "/ip4/127.0.0.1/tcp/0",
+    approve: Annotated[bool, typer.Option("--approve", help="Approve the market for the escrow shortfall")] = False,
+    wait: Annotated[bool, typer.Option("--wait", help="Stay until the job settles and outputs are verified (normal mode)")] = False,
+    out: Annotated[Path | None, typer.Option("--out", help="Result folder [default ./result-<job id prefix>]")] = None,
+    store: StoreOpt = None,
+    rpc: RpcOpt = None, deployments: DeploymentsOpt = None, account: AccountOpt = None,
+    password_file: PasswordFileOpt = None, json_out: JsonOpt = False,
+) -> None:
+    """Announce a job over libp2p, pick the best bids, open it on chain; with --wait, see it through to settlement.
+
+    Without --wait the command returns once the job is open; run `agora job resume` to serve its inputs and
+    collect its result (providers need the requester online)."""
+    from marketplace.requester import NoAcceptableBidsError, submit_sync
+    from marketplace.spec import load_spec
+
+    job_spec = load_spec(spec)
+    market = open_market(rpc, deployments, account, password_file)
+    st, blobs, key = _requester_parts(market, store)
+    try:
+        outcome = submit_sync(market, job_spec, store=st, blobs=blobs, key=key, bootstrap=_bootstrap(bootstrap),
+                              listen=listen, progress=None if json_out else _say, k=replicas,
+                              max_price=parse_amount(max_price), min_collateral=parse_amount(min_collateral),
+                              bid_window=bid_window, grace=grace, run_seconds=run_seconds, window=window,
+                              approve=approve, wait=wait, out_dir=out)
+    except NoAcceptableBidsError as err:
+        if json_out:
+            emit_json({"state": "no-bids", "error": str(err), "explanation": err.explanation.to_json()})
+        else:
+            _print_explanation(err.explanation.to_json())
+        raise
+    if json_out:
+        emit_json(outcome.to_json())
+    else:
+        _print_explanation(outcome.explanation.to_json())
+        console.print(f"job id {outcome.job_id}  state {outcome.state}  outputs {outcome.out_dir}", highlight=False)
+        if not wait:
+            console.print("the job needs this requester online: run `agora job resume` to finish it", highlight=False)
+    if not outcome.ok:
+        raise typer.Exit(1)
+
+
+@job_app.command("resume")
+@handle_errors
+def resume(
+    job_id: Annotated[str | None, typer.Argument(help="One job (id or announcement id); default: every unfinished job")] = None,
+    withdraw: Annotated[bool, typer.Option("--withdraw", help="Withdraw refunds and compensation afterwards")] = False,
+    timeout: Annotated[float | None, typer.Option("--timeout", help="Give up waiting after this many seconds")] = None,
+    bootstrap: BootstrapOpt = [],  # noqa: B006 - typer default
+    listen: ListenOpt = "/ip4/127.0.0.1/tcp/0",
+    store: StoreOpt = None,
+    rpc: RpcOpt = None, deployments: DeploymentsOpt = None, account: AccountOpt = None,
+    password_file: PasswordFileOpt = None, json_out: JsonOpt = False,
+) -> None:
+    """Serve, collect, finalize and fetch the results of this requester's unsettled jobs (after a restart)."""
+    from marketplace.requester import resume_sync
+
+    market = open_market(rpc, deployments, account, password_file)
+    st, blobs, key = _requester_parts(market, store)
+    result = resume_sync(market, store=st, blobs=blobs, key=key, job=job_id, bootstrap=_bootstrap(bootstrap),
+                         listen=listen, withdraw=withdraw, timeout=timeout, progress=None if json_out else _say)
+    if json_out:
+        emit_json(result)
+        return
+    for jid, info in result["jobs"].items():
+        console.print(f"{jid}  {info.get('outcome') or info.get('state')}", highlight=False)
+    if withdraw:
+        from marketplace.types import from_wei
+
+        console.print(f"withdrew {from_wei(int(result['withdrawn']))} AGORA", highlight=False)
+
+
+def _local_row(job_id: str) -> Any:
+    """The local requester database's row for `job_id`, when this machine's AGORA_ACCOUNT/only keystore has one."""
+    from marketplace.config import load_settings
+    from marketplace.requester.store import RequesterStore
+
+    base = load_settings().home / "requester"
+    if not base.is_dir():
+        return None
+    for db in sorted(base.glob("*/requester.db")):
+        row = RequesterStore(db).job(job_id)
+        if row is not None:
+            return row
+    return None
+
+
+@job_app.command("watch")
+@handle_errors
+def watch(job_id: str, interval: Annotated[float, typer.Option(help="Seconds between polls")] = 1.0,
+          timeout: Annotated[float | None, typer.Option(help="Give up after this many seconds")] = None,
+          rpc: RpcOpt = None, deployments: DeploymentsOpt = None, json_out: JsonOpt = False) -> None:
+    """Follow a job until it settles: chain status plus the local requester state, live."""
+    import time
+
+    from marketplace.errors import AgoraError
+
+    market = open_market(rpc, deployments, None, None, need_account=False)
+    jid = parse_b32(job_id, "job id")
+    start, last = time.monotonic(), None
+    while True:
+        view = market.job(jid)
+        row = _local_row(job_id)
+        line = f"{view.status}  local {row.state if row else '-'}  committed {view.committed_mask:#b}  " \
+               f"revealed {view.revealed_mask:#b}"
+        if line != last and not json_out:
+            console.print(line, highlight=False)
+            last = line
+        if view.settled:
+            break
+        if timeout is not None and time.monotonic() - start > timeout:
+            raise AgoraError(f"job {job_id} not settled after {timeout:g} s ({view.status})")
+        time.sleep(interval)
+    if json_out:
+        emit_json({**view_json(view), "local": row.to_json() if row else None})

@@ -1,5 +1,7 @@
-"""The libp2p layer shared by provider and requester: identity, framing, host (noise only, yamux, request/response, ping)."""
+"""The libp2p layer shared by provider and requester: identity, framing, host (noise only, yamux,
+request/response, ping), discovery (bootstrap + rendezvous, bounded peer set) and liveness."""
 
+from .discovery import NAMESPACE, DiscoveryStats, PeerMaintainer, bootstrap_from_env, maintain_peers
 from .framing import (
     MAX_FRAME,
     FrameError,
@@ -18,6 +20,7 @@ from .host import (
     open_host,
     peer_info,
 )
+from .liveness import Liveness, LivenessStats
 from .identity import (
     PeerIdentityError,
     PeerRecord,
@@ -33,4 +36,6 @@ __all__ = [
     "PeerIdentityError", "PeerRecord", "PeerRecordError", "PeerTimeoutError", "PeerUnreachableError",
     "PingMismatchError", "identity_key_path", "load_or_create_key", "open_host", "peer_id_of", "peer_info",
     "read_frame", "verify_peer_record", "write_frame",
+    "NAMESPACE", "DiscoveryStats", "Liveness", "LivenessStats", "PeerMaintainer", "bootstrap_from_env",
+    "maintain_peers",
 ]

@@ -1,7 +1,7 @@
 """The provider's libp2p identity and the signed record binding its peer id to an Ethereum address.
 
 - `load_or_create_key(path)`: a secp256k1 libp2p key pair kept as hex in one file (mode 0600, folder 0700).
-  `identity_key_path(keystore_dir)` names that file next to the keystore folder (`<home>/p2p-identity.key`).
+  `identity_key_path(keystore_dir, address)` names that file: `<keystore_dir>/<address>.p2p.key`.
 - `PeerRecord`: the account signs (EIP-191 `personal_sign`) `tensoragora-peer:<peer id base58>:<chain id>`;
   `verify_peer_record(record, peer_id)` recovers the signer and returns its checksum address, or raises
   `PeerRecordError` when the record is malformed, names another peer/chain, or was signed by another key.
@@ -37,8 +37,13 @@ class PeerRecordError(AgoraError, ValueError):
     """A peer record is malformed or does not bind this peer id to the claimed address."""
 
 
-def identity_key_path(keystore_dir: Path) -> Path:
-    """Where the libp2p key lives: beside the keystore folder (`<keystore_dir>/../p2p-identity.key`)."""
+def identity_key_path(keystore_dir: Path, address: str | None = None) -> Path:
+    """Where the libp2p key lives: `<keystore_dir>/<address>.p2p.key`, one per account, beside its keystore
+    (docs/market-protocol.md, "Identities"); without an address, the host-wide `<keystore_dir>/../p2p-identity.key`."""
+    if address is not None:
+        from eth_utils import to_checksum_address
+
+        return Path(keystore_dir).expanduser() / f"{to_checksum_address(address)}.p2p.key"
     return Path(keystore_dir).expanduser().parent / IDENTITY_FILE
 
 

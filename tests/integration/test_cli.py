@@ -122,7 +122,7 @@ def test_faucet_cap_is_a_decoded_error(env: Runner) -> None:
 
 
 def test_demo_script_runs_the_whole_lifecycle() -> None:
-    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "demo.py"), "--json"], capture_output=True,
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "demo_cli.py"), "--json"], capture_output=True,
                           text=True, timeout=600, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)

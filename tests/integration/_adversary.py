@@ -1,0 +1,85 @@
+"""A REAL provider node (`agora node run ...`) with one misbehaviour patched into node.agent.agent.Agent.
+
+Usage: python tests/integration/_adversary.py MODE node run --config ... (everything after MODE is the `agora`
+command line). MODE is one of
+
+- `wrong-result`: the job runs for real, then the stored result hash is replaced by another 32-byte value
+  before anything is committed, so the node commits and reveals a result the honest majority does not share.
+- `copy-commitment`: the node never sends its own CommitMsg. It waits until another participant's commitment
+  is on chain, commits that very value for its own index (Market.commit), and then tries to reveal normally
+  (RevealMsg to the requester, then Market.reveal by itself): the copy does not open with its own address,
+  result and salt, so the requester refuses it and the chain reverts the reveal.
+
+Only these two Agent methods are wrapped; everything else (bidding, fetching, sandbox, fallbacks) is the
+product's code, so the test exercises the market's defences against a real node process.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import Any
+
+from eth_utils import keccak
+
+from node.agent import agent as agent_mod
+from node.agent.store import SENT_COMMIT
+
+log = logging.getLogger("agora.adversary")
+Agent = agent_mod.Agent
+
+
+def patch_wrong_result() -> None:
+    """After the real execution, store keccak(result) instead of the result (before any commitment exists)."""
+    original = Agent.execute
+
+    async def execute(self: Any, row: Any) -> None:
+        await original(self, row)
+        done = self.store.job(row.job_id)
+        if done is not None and done.state == "computed" and done.result:
+            wrong = "0x" + keccak(bytes.fromhex(done.result[2:])).hex()
+            self.store.update_job(row.job_id, result=wrong)
+            log.warning("ADVERSARY wrong-result: job %s result %s replaced by %s", row.job_id, done.result, wrong)
+
+    Agent.execute = execute  # type: ignore[method-assign]
+
+
+def patch_copy_commitment() -> None:
+    """Skip the CommitMsg; once another participant's commitment is on chain, commit a copy of it as ours."""
+    original = Agent._settle_replicated
+
+    async def settle(self: Any, row: Any, view: Any, now: int, margin: int) -> None:
+        bit = 1 << row.idx
+        if not view.committed_mask & bit:
+            row.sent |= SENT_COMMIT  # the honest path below never sends our own commitment
+            self.store.update_job(row.job_id, sent=row.sent)
+            theirs = {i: c for i, c in view.commitments.items() if i != row.idx}
+            if not theirs or now > view.job.deadline:
+                return
+            index, copied = min(theirs.items())
+            log.warning("ADVERSARY copy-commitment: job %s copies participant %d's commitment", row.job_id, index)
+            await self.transact(self.market.commit, bytes.fromhex(row.job_id[2:]), row.idx, bytes(copied))
+            self.store.update_job(row.job_id, state="committed")
+            return
+        await original(self, row, view, now, margin)  # reveal normally: the chain must refuse it
+
+    Agent._settle_replicated = settle  # type: ignore[method-assign]
+
+
+PATCHES = {"wrong-result": patch_wrong_result, "copy-commitment": patch_copy_commitment}
+
+
+def main() -> None:
+    mode = sys.argv[1] if len(sys.argv) > 1 else os.environ.get("AGORA_ADVERSARY", "")
+    if mode not in PATCHES:
+        raise SystemExit(f"usage: _adversary.py {{{'|'.join(PATCHES)}}} node run ...")
+    PATCHES[mode]()
+    from marketplace.cli import main as agora
+
+    sys.argv = ["agora", *sys.argv[2:]]
+    agora()
+
+
+if __name__ == "__main__":
+    main()
