@@ -10,7 +10,7 @@ Bytes travel as 0x-hex, token amounts as decimal strings of wei, times as unix s
 
     protocol            request (initiator)                reply
     /agora/bid/1        BidOffer   (provider -> requester)  Ack   (the bid is EIP-712 signed for the contract)
-    /agora/assign/1     Assigned   (requester -> provider)  Ack   (the provider re-checks it on chain)
+    /agora/assign/1     Assigned | Nudge (requester -> provider) Ack (the provider re-checks the chain)
     /agora/result/1     ResultMsg | CommitMsg | RevealMsg    Ack   (provider -> requester; EIP-712 where relayed)
     /agora/blob/1       BlobRequest (either way)             BLOB_OK + total size (8 bytes) + chunk, or BLOB_ERR + text
 
@@ -212,6 +212,15 @@ class Assigned(_Msg):
     tx: Hex32
 
 
+class Nudge(_Msg):
+    """A hint from the requester that job `job_id` changed on chain (e.g. every commitment is in): the provider
+    re-reads the chain at once instead of at its next poll. It carries no authority: nothing is trusted from it."""
+
+    type: Literal["nudge"] = "nudge"
+    v: Literal[1] = 1
+    job_id: Hex32
+
+
 class OutputRef(_Msg):
     name: Literal["outputs.safetensors", "manifest.json"]
     blob: BlobIdStr
@@ -273,7 +282,7 @@ class Ack(_Msg):
 
 GOSSIP_TYPES: dict[str, type[_Msg]] = {"announce": Announce, "advert": Advert}
 REQUEST_TYPES: dict[str, type[_Msg]] = {
-    "bid": BidOffer, "assigned": Assigned, "result": ResultMsg, "commit": CommitMsg, "reveal": RevealMsg,
+    "bid": BidOffer, "assigned": Assigned, "nudge": Nudge, "result": ResultMsg, "commit": CommitMsg, "reveal": RevealMsg,
     "blob": BlobRequest, "ack": Ack,
 }
 

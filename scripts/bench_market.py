@@ -122,6 +122,9 @@ def percentile(values: list[float], q: float) -> float:
 
 
 # ---------------------------------------------------------------------------------------------------- gossip workers
+_PROFILER: list[Any] = []  # the node's cProfile.Profile when BENCH_PROFILE is set
+
+
 async def _worker_gossip_node(bootstrap: str) -> None:
     """A market node: validates announcements, records (nonce, receive wall time) of each one delivered."""
     import trio
@@ -159,9 +162,17 @@ async def _worker_gossip_node(bootstrap: str) -> None:
             if cmd["cmd"] == "state":
                 emit({"event": "state", "peers": len(node.connected_peers()),
                       "topic_peers": len(node.gossip.topic_peers(TOPIC)),
-                      "mesh": len(node.gossip.mesh_peers(TOPIC))})
+                      "mesh": len(node.gossip.mesh_peers(TOPIC)), "cpu_s": time.process_time()})
+            elif cmd["cmd"] == "profile":  # BENCH_PROFILE: profile only the publishing window
+                _RPC_COUNTS.clear()
+                if _PROFILER:
+                    _PROFILER[0].enable()
+                emit({"event": "profiling"})
             elif cmd["cmd"] == "dump":
-                emit({"event": "dump", "received": received, "rejected": rejected,
+                if _PROFILER:
+                    _PROFILER[0].disable()
+                emit({"event": "dump", "received": received, "rejected": rejected, "cpu_s": time.process_time(),
+                      "rpcs_written": _RPC_COUNTS,
                       "dropped_by_queue": node.gossip.dropped, "liveness_dropped": peers.liveness.stats.dropped,
                       "liveness_overloaded": peers.liveness.stats.overloaded})
         nursery.cancel_scope.cancel()
@@ -222,7 +233,22 @@ def run_worker(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=getattr(logging, os.environ.get("BENCH_LOG", "ERROR")), stream=sys.stderr)
     logging.getLogger("libp2p").setLevel(logging.CRITICAL)
-    signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
+    profile_dir = os.environ.get("BENCH_PROFILE")  # experiment: cProfile (CPU time) of each node while publishing
+    if profile_dir and args.worker == "gossip-node":
+        import cProfile
+
+        _PROFILER.append(cProfile.Profile(time.process_time))
+
+        def _dump_and_exit(*_: object) -> None:
+            _PROFILER[0].disable()
+            _PROFILER[0].dump_stats(f"{profile_dir}/node-{os.getpid()}.prof")
+            os._exit(0)
+
+        signal.signal(signal.SIGTERM, _dump_and_exit)
+    else:
+        signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
+    if profile_dir:  # also count the pubsub RPCs each node writes, by kind (reported in `dump`)
+        _count_rpcs()
     if os.environ.get("BENCH_GOSSIP_V11_ONLY"):  # experiment: gossipsub v1.1 only (no IDONTWANT control traffic)
         import marketplace.p2p.gossip as gossip_module
 
@@ -232,6 +258,26 @@ def run_worker(args: argparse.Namespace) -> int:
     else:
         trio.run(_worker_gossip_publisher, args.bootstrap, args.msgs, args.rate)
     return 0
+
+
+def _count_rpcs() -> None:
+    """Experiment (BENCH_PROFILE): wrap Pubsub.write_msg in this worker to count outbound RPCs by content."""
+    from libp2p.pubsub.pubsub import Pubsub
+
+    original = Pubsub.write_msg
+
+    async def write_msg(self: Any, stream: Any, rpc: Any) -> bool:
+        kinds = [k for k in ("publish", "subscriptions") if len(getattr(rpc, k))]
+        if rpc.HasField("control"):
+            kinds += [f.name for f, _ in rpc.control.ListFields()]
+        key = "+".join(kinds) or "empty"
+        _RPC_COUNTS[key] = _RPC_COUNTS.get(key, 0) + 1
+        return await original(self, stream, rpc)
+
+    Pubsub.write_msg = write_msg  # type: ignore[method-assign]
+
+
+_RPC_COUNTS: dict[str, int] = {}
 
 
 # ---------------------------------------------------------------------------------------------------- gossip section
@@ -263,13 +309,17 @@ def bench_gossip(n_nodes: int = 20, n_msgs: int = 200, *, rate: float = 2.0, set
             raise RuntimeError(f"the bootstrap exited with {boot.proc.returncode}: {list(boot.events.queue)}")
         log(f"gossip: mesh formed (peers per node min {mesh['peers_min']} max {mesh['peers_max']}, "
             f"topic mesh min {mesh['mesh_min']}); publishing {n_msgs} at {rate:g}/s")
+        for w in nodes:
+            w.command({"cmd": "profile"}, "profiling")
+        t_go = time.monotonic()
         published = dict(publisher.command({"cmd": "go"}, "published", timeout=n_msgs / rate + 120)["published"])
         dumps = _collect(nodes, len(published) * n_nodes, settle_s)
+        cpu = _cpu_figures(mesh, dumps, time.monotonic() - t_go, len(published))
     finally:
         for w in reversed(workers):  # the bootstrap last, so nodes do not spend their last moments redialling it
             w.stop()
         tmp.cleanup()
-    return _gossip_figures(published, dumps, n_nodes, n_msgs, rate, mesh)
+    return {**_gossip_figures(published, dumps, n_nodes, n_msgs, rate, mesh), **cpu}
 
 
 def _ready(w: Worker, timeout: float = 180.0) -> Worker:
@@ -291,22 +341,39 @@ def _collect(nodes: list[Worker], expected: int, quiet_s: float, timeout: float 
         time.sleep(0.5)
 
 
-def _wait_for_mesh(nodes: list[Worker], settle_s: float, timeout: float = 60.0) -> dict[str, int]:
-    """Until every node has >= 2 topic peers in its gossipsub mesh (or timeout), then `settle_s` more."""
+def _wait_for_mesh(nodes: list[Worker], settle_s: float, timeout: float = 60.0) -> dict[str, Any]:
+    """Until every node has >= 2 topic peers in its gossipsub mesh (or timeout), then `settle_s` more.
+
+    The settle period doubles as the idle-CPU measurement: each node's process time across it (`idle_cpu`)."""
     deadline = time.monotonic() + timeout
     while True:
         states = [w.command({"cmd": "state"}, "state") for w in nodes]
         if all(s["mesh"] >= 2 for s in states) or time.monotonic() > deadline:
             break
         time.sleep(0.5)
+    t0 = time.monotonic()
     time.sleep(settle_s)
-    states = [w.command({"cmd": "state"}, "state") for w in nodes]
-    return {"peers_min": min(s["peers"] for s in states), "peers_max": max(s["peers"] for s in states),
-            "mesh_min": min(s["mesh"] for s in states), "mesh_max": max(s["mesh"] for s in states)}
+    after = [w.command({"cmd": "state"}, "state") for w in nodes]
+    idle_s = time.monotonic() - t0
+    return {"peers_min": min(s["peers"] for s in after), "peers_max": max(s["peers"] for s in after),
+            "mesh_min": min(s["mesh"] for s in after), "mesh_max": max(s["mesh"] for s in after),
+            "idle_cpu": [(a["cpu_s"] - b["cpu_s"]) / idle_s for a, b in zip(after, states, strict=True)],
+            "cpu_s": [a["cpu_s"] for a in after]}
+
+
+def _cpu_figures(mesh: dict[str, Any], dumps: list[dict[str, Any]], busy_s: float, published: int) -> dict[str, Any]:
+    """CPU per announcement per node (process time while publishing minus the node's idle rate) and idle load."""
+    idle = mesh.pop("idle_cpu")
+    before = mesh.pop("cpu_s")
+    per_msg = [max(0.0, d["cpu_s"] - b - i * busy_s) / max(published, 1) * 1000
+               for d, b, i in zip(dumps, before, idle, strict=True)]
+    return {"cpu_per_msg_per_node_ms": round(statistics.fmean(per_msg), 2),
+            "cpu_per_msg_per_node_max_ms": round(max(per_msg), 2),
+            "idle_cpu_per_node_pct": round(statistics.fmean(idle) * 100, 2)}
 
 
 def _gossip_figures(published: dict[str, float], dumps: list[dict[str, Any]], n_nodes: int, n_msgs: int,
-                    rate: float, mesh: dict[str, int]) -> dict[str, Any]:
+                    rate: float, mesh: dict[str, Any]) -> dict[str, Any]:
     latencies: list[float] = []
     delivered = 0
     rejected: dict[str, int] = {}
@@ -329,16 +396,27 @@ def _gossip_figures(published: dict[str, float], dumps: list[dict[str, Any]], n_
         "mean_ms": round(statistics.fmean(latencies), 2) if latencies else None,
         "rejected_by_validators": rejected, "mesh": mesh,
         "queue_drops": sum(d["dropped_by_queue"] for d in dumps),
+        "rpcs_written_per_node": _sum_counts([d.get("rpcs_written", {}) for d in dumps], n_nodes),
         "liveness_drops": sum(d["liveness_dropped"] for d in dumps),
         "liveness_misses_ignored_overloaded": sum(d["liveness_overloaded"] for d in dumps),
     }
+
+
+def _sum_counts(counts: list[dict[str, int]], n: int) -> dict[str, float]:
+    total: dict[str, float] = {}
+    for c in counts:
+        for k, v in c.items():
+            total[k] = total.get(k, 0) + v / n
+    return {k: round(v, 1) for k, v in sorted(total.items())}
 
 
 def gossip_section(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
     """(details, summary figures) of the gossip section."""
     g = bench_gossip(args.nodes, args.msgs, rate=args.rate)
     return g, {"gossip_p50_ms": g["p50_ms"], "gossip_p99_ms": g["p99_ms"], "gossip_max_ms": g["max_ms"],
-               "gossip_delivery_ratio": g["delivery_ratio"]}
+               "gossip_delivery_ratio": g["delivery_ratio"],
+               "gossip_cpu_per_msg_per_node_ms": g["cpu_per_msg_per_node_ms"],
+               "gossip_idle_cpu_per_node_pct": g["idle_cpu_per_node_pct"]}
 
 
 # Each section: name -> function(args) -> (details, summary). The lead adds "market" here (k1_p50_ms, k3_p50_ms,

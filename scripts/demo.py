@@ -169,7 +169,7 @@ def run_demo(env: dict[str, str], chain: LocalChain, tmp: Path, procs: list[Proc
                    capture_output=True)
 
     say("== bootstrap node")
-    boot = Proc("bootstrap", [*py, "p2p", "bootstrap", "--json"], env, logs)
+    boot = Proc("bootstrap", [*py, "p2p", "bootstrap", "--listen", "/ip4/127.0.0.1/tcp/0", "--json"], env, logs)
     procs.append(boot)
     bootstrap = boot.ready["addrs"][0]
     say(f"   {bootstrap}")

@@ -12,6 +12,8 @@ See docs/market-protocol.md for the message flow this implements and docs/reques
 
 from __future__ import annotations
 
+import contextlib
+
 import functools
 import json
 import logging
@@ -148,6 +150,7 @@ class _Active:
     out_dir: Path
     t0: float  # wall time of the announcement (timings are relative to it)
     settled: trio.Event = field(default_factory=trio.Event)
+    poke: trio.Event = field(default_factory=trio.Event)  # set when our own transaction changed the job
     lock: trio.Lock = field(default_factory=trio.Lock)
     cache: dict[str, bytes] = field(default_factory=dict)
     commits: dict[int, tuple[Any, ...]] = field(default_factory=dict)
@@ -487,6 +490,17 @@ class Requester:
                 self.progress(f"assign to {w.provider} (try {attempt + 1}): {err}")
                 await trio.sleep(1 + attempt)
 
+    def _nudge_winners(self, active: _Active) -> None:
+        """Hint every winner that the job changed on chain, so it reveals without waiting for its next poll."""
+        msg = P.Nudge(job_id=active.hex_id).encode()
+
+        async def one(w: _Winner) -> None:
+            with contextlib.suppress(P2PError, P.ProtocolError):
+                await self.node.request(_info(w.peer), P.ASSIGN_PROTOCOL, msg, timeout=2)
+
+        for w in active.winners:
+            self.nursery.start_soon(one, w)
+
     # ------------------------------------------------------------------ blobs
     async def _on_blob(self, payload: bytes, peer: ID) -> bytes:
         try:
@@ -611,6 +625,7 @@ class Requester:
             except AgoraError as err:
                 self.progress(f"acceptSignedResult failed: {err}; the job settles by the chain fallback")
                 return
+            active.poke.set()
             self.store.merge_json(active.ann_id, "gas", {"accept": tx.gas_used})
             self.progress(f"accepted result {msg.result[:10]} of job {active.hex_id[:10]} (gas {tx.gas_used:,})")
 
@@ -651,6 +666,7 @@ class Requester:
                 active.commits_posted = False
                 return
             self.store.mark_posted("commits", active.hex_id, [c[0] for c in fresh])
+            self._nudge_winners(active)
             self.store.merge_json(active.ann_id, "gas", {"commit_batch": tx.gas_used})
             self.store.update_job(active.ann_id, state="committed")
             self.progress(f"posted {len(fresh)} commitment(s) of job {active.hex_id[:10]} (gas {tx.gas_used:,})")
@@ -687,6 +703,7 @@ class Requester:
                 self.progress(f"revealBatch failed: {err}")
                 return
             self.store.mark_posted("reveals", active.hex_id, [r[0] for r in fresh])
+            active.poke.set()
             self.store.merge_json(active.ann_id, "gas", {"reveal_batch": tx.gas_used})
             self.store.update_job(active.ann_id, state="revealed")
             self.progress(f"posted {len(fresh)} reveal(s) of job {active.hex_id[:10]} (gas {tx.gas_used:,})")
@@ -704,7 +721,9 @@ class Requester:
                 await self._nudge(active, view, now)
             except AgoraError as err:
                 self.progress(f"job {active.hex_id[:10]}: {err}")
-            await trio.sleep(POLL_S)
+            with trio.move_on_after(POLL_S):  # or at once after our own accept / batch transaction
+                await active.poke.wait()
+            active.poke = trio.Event()
 
     async def _nudge(self, active: _Active, view: Any, now: int) -> None:
         job = view.job

@@ -51,6 +51,7 @@ from marketplace.protocol import (
     BidOffer,
     BlobRequest,
     CommitMsg,
+    Nudge,
     OutputRef,
     ProtocolError,
     ResultMsg,
@@ -176,6 +177,7 @@ class Agent:
         self._funds: dict[str, tuple[float, int]] = {}
         self._stake: tuple[float, int] | None = None
         self._driving: set[str] = set()
+        self._wake: dict[str, trio.Event] = {}  # per job: set by a Nudge to re-read the chain at once
         self._nursery: trio.Nursery | None = None
         self.ops: OpsServer | None = None
 
@@ -485,10 +487,15 @@ class Agent:
     # ------------------------------------------------------------------ assignment
     async def on_assigned(self, payload: bytes, peer: Any) -> bytes:
         try:
-            msg: Assigned = decode(payload, Assigned)
+            msg: Assigned | Nudge = decode(payload, (Assigned, Nudge))
         except ProtocolError as err:
             self.metrics.rejected.labels(reason=err.reason).inc()
             return Ack(ok=False, reason=str(err)[:500]).encode()
+        if isinstance(msg, Nudge):  # only a hint: the job's driver re-reads the chain and trusts nothing else
+            event = self._wake.get(msg.job_id.lower())
+            if event is not None:
+                event.set()
+            return Ack(ok=event is not None, reason="" if event else "unknown job").encode()
         ok, reason = await self.claim(msg.job_id, index=msg.index)
         return Ack(ok=ok, reason=reason[:500]).encode()
 
@@ -569,6 +576,7 @@ class Agent:
         if job_id in self._driving or self._nursery is None:
             return
         self._driving.add(job_id)
+        self._wake.setdefault(job_id, trio.Event())
         self._nursery.start_soon(self.drive, job_id)
 
     async def drive(self, job_id: str) -> None:
@@ -587,9 +595,13 @@ class Agent:
                     raise
                 except Exception as err:  # noqa: BLE001 - retried: every step is idempotent against the chain
                     log.warning("job %s (%s): %s: %s", job_id, row.state, type(err).__name__, err)
-                await trio.sleep(JOB_POLL_S)
+                wake = self._wake.setdefault(job_id, trio.Event())
+                with trio.move_on_after(JOB_POLL_S):
+                    await wake.wait()
+                self._wake[job_id] = trio.Event()
         finally:
             self._driving.discard(job_id)
+            self._wake.pop(job_id, None)
 
     async def execute(self, row: JobRow) -> None:
         async with self.slots:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import signal
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -79,7 +79,7 @@ def assert_outputs_verified(out_dir: Path, result: str) -> None:
 
 
 def drive_replicated(net: MarketNet, job_id: str, honest_nodes: list[NodeProc], *,
-                     also_committed: int = 0) -> tuple[Any, Any]:
+                     also_committed: int = 0, in_reveal_window: Callable[[], Any] | None = None) -> tuple[Any, Any]:
     """Take a k >= 2 job with a missing / misbehaving participant to settlement by moving chain time: into the
     nodes' commit fallback, past the deadline and into the reveal fallback, past the window. Returns the job's
     chain view just before the final step (commitments and openings still readable) and the settled view."""
@@ -93,6 +93,8 @@ def drive_replicated(net: MarketNet, job_id: str, honest_nodes: list[NodeProc], 
     wait_until(lambda: net.job(job_id).committed_mask & bits == bits, 60, "the commitments on chain")
     net.travel_to(deadline + window - SETTLE_MARGIN_S + 1)
     wait_until(lambda: net.job(job_id).revealed_mask & honest_bits == honest_bits, 60, "the honest openings")
+    if in_reveal_window is not None:  # chain time stays in the nodes' reveal fallback window meanwhile
+        wait_until(in_reveal_window, 60, "the reveal-window condition")
     before_end = net.job(job_id)
     net.travel_to(deadline + window + 4)
     return before_end, net.wait_settled(job_id)
@@ -155,7 +157,10 @@ def test_a_copied_commitment_cannot_win(net: MarketNet, honest: dict[str, NodePr
         proc = net.requester(net.submit_argv(k=3, max_price="2", out=out_dir))
         row = copier.wait_job(timeout=120)
         job_id, mine = row["job_id"], int(row["idx"])
-        view, _ = drive_replicated(net, job_id, [honest["h1"], honest["h2"]], also_committed=1 << mine)
+        # its own reveal attempt (the node's fallback, by chain time) must revert on chain
+        reverted = lambda: "MarketCommitmentMismatch" in copier.log_tail(200_000)  # noqa: E731
+        view, _ = drive_replicated(net, job_id, [honest["h1"], honest["h2"]], also_committed=1 << mine,
+                                   in_reveal_window=reverted)
         res = net.finish(proc)
         assert res.rc == 0, res.stderr
         won = winners(net, res.out)
@@ -167,6 +172,7 @@ def test_a_copied_commitment_cannot_win(net: MarketNet, honest: dict[str, NodePr
         assert s["outcome"] == "completed" and int(s["paidMask"]) == 7 & ~bit and int(s["slashedMask"]) == bit
         assert_outputs_verified(out_dir, s["result"])
         assert not view.revealed_mask & bit
+        assert "the reveal does not open your commitment" in copier.log_tail(200_000)  # the requester refused it
         after = net.balances()
         for name in ("h1", "h2"):
             assert delta(before, after, name, "mbal") == to_wei(PRICES[name])
@@ -185,12 +191,13 @@ def test_a_provider_killed_after_assignment_is_slashed_and_the_others_paid(net: 
     since = net.last_bid_id()
     proc = net.requester(net.submit_argv(k=3, max_price="2", out=out_dir))
     job_id = net.kill_after_assignment(victim, since)
-    drive_replicated(net, job_id, [honest["h1"], honest["h2"]])
+    pre, _ = drive_replicated(net, job_id, [honest["h1"], honest["h2"]])
     res = net.finish(proc)
     assert res.rc == 0, res.stderr
     won = winners(net, res.out)
     assert set(won) == {"victim", "h1", "h2"}
     bit = 1 << int(won["victim"]["index"])
+    assert not pre.committed_mask & bit and not pre.revealed_mask & bit  # it died before committing
     s = settlement(out_dir)
     assert s["outcome"] == "completed" and int(s["paidMask"]) == 7 & ~bit and int(s["slashedMask"]) == bit
     assert_outputs_verified(out_dir, s["result"])
@@ -277,7 +284,8 @@ def test_a_restarted_requester_collects_its_result(net: MarketNet, honest: dict[
     job_id = res.out["jobId"]
     (name,) = winners(net, res.out)
     node = honest[name]
-    node.wait_job(job_id=job_id, timeout=60)  # assigned; it waits for the requester to serve the inputs
+    # The node was assigned; with the requester gone it can neither fetch inputs nor deliver a result.
+    assert node.wait_job(job_id=job_id, timeout=60)["state"] in ("assigned", "running", "computed")
     assert not net.job(job_id).settled
     resumed = net.run_requester([*net.submit_argv(k=1, max_price="2", out=out_dir)[:3], "job", "resume", job_id,
                                  "--timeout", "180", "--bootstrap", net.bootstrap, "--account", "alice", "--json"],
