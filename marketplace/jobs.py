@@ -55,9 +55,9 @@ class JobIndex:
                 topic = "0x" + event_abi_to_log_topic(item).hex()
                 self._events[topic] = getattr(market.events, item["name"])()
 
-    def logs(self, job_id: bytes) -> list[Any]:
+    def logs(self, job_id: bytes, to_block: int | str = "latest") -> list[Any]:
         raw = self.market.w3.eth.get_logs({
-            "address": self.market.address, "fromBlock": self.from_block, "toBlock": "latest",
+            "address": self.market.address, "fromBlock": self.from_block, "toBlock": to_block,
             "topics": [None, Web3.to_hex(job_id)],
         })
         decoded = []
@@ -68,8 +68,12 @@ class JobIndex:
         return decoded
 
     def view(self, job_id: bytes) -> JobView:
-        """Replay the job's events. Raises JobNotFoundError when none exist."""
-        logs = self.logs(job_id)
+        """Replay the job's events. Raises JobNotFoundError when none exist.
+
+        Logs and the job slot are read at ONE block: a transaction mined between two "latest" reads (say, the
+        reveal that settles the job) would otherwise show a cleared slot without its JobSettled event."""
+        block = int(self.market.w3.eth.block_number)
+        logs = self.logs(job_id, block)
         if not logs:
             raise JobNotFoundError(f"no job {Web3.to_hex(job_id)} on market {self.market.address}")
         v = JobView(job_id=job_id, job=None)
@@ -107,7 +111,7 @@ class JobIndex:
                 v.settled, v.outcome, v.settlement = True, Outcome(a["outcome"]), dict(a)
         v.job = job
         if job is not None and not v.settled:
-            slot = self.market.functions.jobSlot(job_id).call()
+            slot = self.market.functions.jobSlot(job_id).call(block_identifier=block)
             if slot in (0, TOMBSTONE_SLOT):
                 raise AgoraError(f"job {Web3.to_hex(job_id)} has no live state on-chain but no JobSettled event "
                                  f"was found (logs pruned by the RPC?)")

@@ -14,17 +14,25 @@ Sections (each a function returning a dict; `--only NAME` runs one):
 The JSON has a top-level `summary` (flat figures, e.g. `gossip_p99_ms`) and `sections` (details per section).
 Workers are this same script run with `--worker gossip-node|gossip-publisher`; they talk JSON lines.
 
-Cost model (measured, 2 cores): py-libp2p spends ~20 ms of CPU per announcement per node (about half of it in
-gossipsub 1.2's IDONTWANT control messages, each carrying a freshly built signed peer record), and an idle node
-~4 % of a core. 20 nodes therefore keep up with ~1-2 announcements/s network-wide on 2 cores; above that the
-event loops lag, pings time out and liveness drops peers (see `liveness_drops`). Knobs for experiments:
-`--ping-interval/--ping-timeout`, env BENCH_LOG=WARNING (workers' logs), BENCH_GOSSIP_V11_ONLY=1 (gossipsub
-v1.1 only, no IDONTWANT).
+Besides latency it reports CPU: `cpu_per_msg_per_node_ms` (each node's process time while publishing, minus its
+idle rate measured over the settle period, per announcement) and `idle_cpu_per_node_pct`; these hold up when other
+work shares the machine, the latencies do not (compare runs made under the same `uptime` load).
+
+Cost model (measured, 2 cores, 20 nodes, rate 2/s): with py-libp2p's defaults (gossipsub v1.2 IDONTWANT, mesh
+6/4/12, yamux WINDOW_UPDATE after every read) ~18 ms CPU per announcement per node; with marketplace.p2p.gossip's
+settings (v1.1 only, mesh 4/3/8, PY_YAMUX_RELEASE_ON_READ=0) ~5-8 ms. What remains is per-frame py-libp2p work
+(noise, yamux, trio; ~0.5 ms per copy of a message sent or received), and an idle node's ~2 % of a core, mostly
+liveness pings (a new stream per ping per peer every 5 s). Above ~5 announcements/s, or with other work on the
+machine, the event loops lag and p99 grows to seconds. Knobs for experiments: `--ping-interval/--ping-timeout`, env
+BENCH_LOG=WARNING (workers' logs), BENCH_GOSSIP_IDONTWANT=1, BENCH_GOSSIP_DEGREE=D,LOW,HIGH,
+PY_YAMUX_RELEASE_ON_READ=1 (py-libp2p's defaults back), BENCH_PROFILE=DIR (cProfile each node, CPU time, while
+publishing, into DIR/node-PID.prof, and count the RPCs each node writes by kind: `rpcs_written_per_node`).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -145,7 +153,8 @@ async def _worker_gossip_node(bootstrap: str) -> None:
         return True
 
     received: list[tuple[str, float]] = []
-    async with open_host(key=create_new_key_pair(), gossip=True) as node, trio.open_nursery() as nursery:
+    async with open_host(key=create_new_key_pair(), gossip=_gossip_options()) as node, \
+            trio.open_nursery() as nursery:
         peers = await nursery.start(_maintain, node, [bootstrap])
         node.gossip.set_validator(TOPIC, check)
         sub = await node.gossip.subscribe(TOPIC)
@@ -187,10 +196,9 @@ async def _worker_gossip_publisher(bootstrap: str, n_msgs: int, rate: float) -> 
 
     from marketplace import protocol as P
     from marketplace.p2p import open_host
-    from marketplace.p2p.gossip import GossipOptions
 
     accounts = [Account.from_key(keccak(f"bench-requester-{i}".encode())) for i in range(N_REQUESTERS)]
-    options = GossipOptions(publish_rate=max(rate * 2, 50.0))
+    options = dataclasses.replace(_gossip_options(), publish_rate=max(rate * 2, 50.0))
     async with open_host(key=create_new_key_pair(), gossip=options) as node, trio.open_nursery() as nursery:
         await nursery.start(_maintain, node, [bootstrap])
         emit({"event": "ready", "peer_id": str(node.peer_id)})
@@ -213,6 +221,18 @@ async def _worker_gossip_publisher(bootstrap: str, n_msgs: int, rate: float) -> 
         emit({"event": "published", "published": published})
         await stdin.readline()
         nursery.cancel_scope.cancel()
+
+
+def _gossip_options() -> Any:
+    """The workers' GossipOptions: the defaults, or the experiment knobs BENCH_GOSSIP_IDONTWANT=1 (gossipsub v1.2)
+    and BENCH_GOSSIP_DEGREE=D,LOW,HIGH (mesh degree bounds)."""
+    from marketplace.p2p.gossip import GossipOptions
+
+    options = GossipOptions(idontwant=os.environ.get("BENCH_GOSSIP_IDONTWANT") == "1")
+    if degrees := os.environ.get("BENCH_GOSSIP_DEGREE"):
+        d, low, high = (int(x) for x in degrees.split(","))
+        options = dataclasses.replace(options, degree=d, degree_low=low, degree_high=high)
+    return options
 
 
 async def _maintain(node: Any, bootstrap: list[str], *, task_status: Any) -> None:
@@ -249,10 +269,6 @@ def run_worker(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
     if profile_dir:  # also count the pubsub RPCs each node writes, by kind (reported in `dump`)
         _count_rpcs()
-    if os.environ.get("BENCH_GOSSIP_V11_ONLY"):  # experiment: gossipsub v1.1 only (no IDONTWANT control traffic)
-        import marketplace.p2p.gossip as gossip_module
-
-        gossip_module.PROTOCOL_ID_V12 = gossip_module.PROTOCOL_ID_V11  # type: ignore[misc]
     if args.worker == "gossip-node":
         trio.run(_worker_gossip_node, args.bootstrap)
     else:
@@ -281,7 +297,7 @@ _RPC_COUNTS: dict[str, int] = {}
 
 
 # ---------------------------------------------------------------------------------------------------- gossip section
-def bench_gossip(n_nodes: int = 20, n_msgs: int = 200, *, rate: float = 2.0, settle_s: float = 3.0,
+def bench_gossip(n_nodes: int = 20, n_msgs: int = 200, *, rate: float = 2.0, settle_s: float = 5.0,
                  log: Callable[[str], None] = print) -> dict[str, Any]:
     """Start a bootstrap, `n_nodes` nodes and a publisher; publish `n_msgs` announcements; measure delivery."""
     me = [sys.executable, str(Path(__file__).resolve())]

@@ -15,13 +15,17 @@ What differs from `Pubsub(host, GossipSub(...))` as shipped (see TOOLCHAIN.md):
   messages and drop the rest silently when a node publishes faster than ~100 msg/s on 2 cores;
 - messages are strictly signed by the libp2p key (the origin peer id is authenticated), and each subscription's
   queue is bounded and drops the oldest message with a warning rather than blocking the router;
-- the pubsub service starts before the host listens, so a peer that connects early cannot crash it.
+- the pubsub service starts before the host listens, so a peer that connects early cannot crash it;
+- CPU per announcement is cut (measured with scripts/bench_market.py --only gossip; see `GossipOptions` and
+  `YAMUX_ENV`): gossipsub v1.1 only (no v1.2 IDONTWANT control RPCs), a mesh degree of 4 instead of 6, and yamux
+  returns receive credit once per message instead of after every read.
 """
 
 from __future__ import annotations
 
 import inspect
 import logging
+import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -47,19 +51,38 @@ class GossipMessage:
 
 @dataclass(frozen=True)
 class GossipOptions:
-    degree: int = 6
-    degree_low: int = 4
-    degree_high: int = 12
+    # Mesh degree: every message reaches a node about once per mesh peer, and each copy costs ~0.5 ms of CPU in
+    # py-libp2p (read, decrypt, parse, verify the sender record, drop as seen). 4/3/8 instead of gossipsub's 6/4/12
+    # (measured with 20 nodes on 2 cores: meshes of 3-8 peers instead of 7-12; still 3 hops reach all 20), and
+    # lazy IHAVE gossip repairs what a thin mesh misses.
+    degree: int = 4
+    degree_low: int = 3
+    degree_high: int = 8
     heartbeat_interval: int = 1
     publish_rate: float = 50.0  # own publishes per second (all topics)
     publish_burst: int = 4  # bursts overflow the router's 32-message per-peer queues (measured: 1000 at once -> 17 arrive)
     queue_size: int = 1024  # per subscription
     max_message_bytes: int = 64 * 1024
+    # gossipsub v1.2 (IDONTWANT): off. Each relayed message then costs one control RPC to and from every mesh peer
+    # (py-libp2p sends one RPC per peer per message id, each with a signed peer record the receiver verifies):
+    # ~half of the RPCs a node handles, to save duplicates of messages that are only ~1 KB. v1.1 peers interoperate.
+    idontwant: bool = False
+
+
+# py-libp2p 0.8.1's yamux sends a WINDOW_UPDATE frame after every read of a stream (PY_YAMUX_RELEASE_ON_READ, on by
+# default); pubsub reads each RPC in several reads (length prefix, body), so every RPC received cost 3 encrypted
+# WINDOW_UPDATE frames back. With it off, one per RPC remains (measured: frames per gossiped message among 4 hosts
+# 36 -> 18, CPU -16 %); credit is still returned before the sender's window runs out, so flow control is intact.
+# yamux reads it from the environment on every read, so this is process-wide; an operator's explicit setting wins.
+YAMUX_ENV = "PY_YAMUX_RELEASE_ON_READ"
 
 
 def build_pubsub(host: Any, options: GossipOptions) -> tuple[Pubsub, GossipSub]:
+    """The router and pubsub service for `host` (see the module docstring for what differs from the defaults)."""
+    os.environ.setdefault(YAMUX_ENV, "0")
+    protocols = [PROTOCOL_ID_V12, PROTOCOL_ID_V11] if options.idontwant else [PROTOCOL_ID_V11]
     router = GossipSub(
-        protocols=[PROTOCOL_ID_V12, PROTOCOL_ID_V11],
+        protocols=protocols,
         degree=options.degree, degree_low=options.degree_low, degree_high=options.degree_high,
         heartbeat_interval=options.heartbeat_interval, heartbeat_initial_delay=0.1,
         spam_protection_enabled=False,

@@ -429,6 +429,9 @@ class Agent:
                 self.metrics.declines.labels(reason=decision.reason).inc()
                 log.info("declined %s (%s %s): %s", ann.ann_id[:10], ann.kind, ann.device, decision.reason)
                 return
+            if decision.counter:
+                self.metrics.declines.labels(reason="price").inc()  # declined at their price, countered at ours
+                log.info("counter-offer on %s: our price %s > max %s", ann.ann_id[:10], decision.price, ann.max_price)
             await self.send_bid(ann, decision.price, decision.collateral, decision.run_seconds, decision.min_window)
         except trio.Cancelled:
             raise

@@ -48,6 +48,7 @@ class NodeConfig(BaseModel):
     collateral: str = "10"  # tokens locked from the stake per job
     capacity: int = Field(default=1, ge=1, le=1024)  # concurrent jobs
     min_window: int = Field(default=0, ge=0)  # shortest reveal/challenge window accepted, seconds
+    counter_offers: bool = True  # bid our own price even above the announcement's max (the requester learns why)
     stake: str = "100"  # registered with on start when the account is not yet a provider
     ops_port: int = Field(default=0, ge=-1, le=65535)  # 0 = random, -1 = off
     auto_withdraw: str | None = None  # withdraw earnings once the market balance reaches this many tokens
@@ -204,6 +205,9 @@ collateral: "10"
 capacity: 1
 # Shortest reveal/challenge window (seconds) this node accepts.
 min_window: 0
+# When our price is above a job's max price but everything else fits, still bid our price as a counter-offer:
+# the requester then sees "ask more than max price (...)" instead of silence (false = decline silently).
+counter_offers: true
 # Stake registered on start when this account is not yet a provider (approved automatically).
 stake: "100"
 # Operations HTTP on 127.0.0.1: 0 = a random free port, -1 = off.

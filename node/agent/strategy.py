@@ -2,7 +2,10 @@
 
 A strategy is anything with `decide(announce, context) -> Offer | Decline`; it never touches the network or
 the chain (the agent gathers `BidContext` first), so it is cheap to test and to replace. `TableStrategy`, the
-default, asks the per-kind price from the config table and declines whatever the node cannot honour.
+default, asks the per-kind price from the config table and declines whatever the node cannot honour. A price
+above the announcement's maximum is, by default, still offered as a counter-offer (`Offer.counter`): the bid is
+signed at our price, so the requester can only accept it at that price, and its explanation can say why no bid
+was acceptable instead of hearing nothing.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ class Offer:
     collateral: int  # wei
     run_seconds: int  # the node's estimate, what the bid promises
     min_window: int
+    counter: bool = False  # our price is above the announcement's max: an offer the requester may refuse
 
 
 @dataclass(frozen=True)
@@ -72,7 +76,8 @@ class TableStrategy:
         if announce.device != context.device_class:
             return Decline("device")
         price = self.config.price_wei(announce.kind)
-        if price > int(announce.max_price):
+        over = price > int(announce.max_price)
+        if over and not self.config.counter_offers:
             return Decline("price")
         collateral = self.config.collateral_wei
         if collateral < int(announce.min_collateral):
@@ -86,4 +91,5 @@ class TableStrategy:
             return Decline("too-short")
         if announce.window < self.config.min_window:
             return Decline("window")
-        return Offer(price=price, collateral=collateral, run_seconds=estimate, min_window=self.config.min_window)
+        return Offer(price=price, collateral=collateral, run_seconds=estimate, min_window=self.config.min_window,
+                     counter=over)

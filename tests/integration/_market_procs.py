@@ -138,6 +138,15 @@ class NodeProc(Proc):
         with urllib.request.urlopen(self.ready["ops"] + path, timeout=10) as resp:
             return json.loads(resp.read())
 
+    def metric(self, name: str, **labels: str) -> float:
+        """One sample of the node's /metrics (0 when absent)."""
+        want = name + ("{" + ",".join(f'{k}="{v}"' for k, v in sorted(labels.items())) + "}" if labels else "")
+        with urllib.request.urlopen(self.ready["ops"] + "/metrics", timeout=10) as resp:
+            for line in resp.read().decode().splitlines():
+                if line.startswith(want + " "):
+                    return float(line.split()[-1])
+        return 0.0
+
     def jobs(self) -> list[dict[str, Any]]:
         return list(self.get("/jobs"))
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import signal
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -265,31 +266,58 @@ def test_a_node_killed_after_committing_reveals_after_restart_and_is_paid(net: M
 def test_no_acceptable_bids_says_why_and_locks_nothing(net: MarketNet, honest: dict[str, NodeProc]) -> None:
     before = net.balances()
     opened = net.opened_events()
+    declined = {n: node.metric("agora_declines_total", reason="price") for n, node in honest.items()}
     res = net.run_requester(net.submit_argv(k=1, max_price="0.1", out=net.tmp / "out-none", grace=0.05))
     assert res.rc == 1
     assert res.out["state"] == "no-bids"
-    assert "no acceptable bids" in res.out["error"]
+    assert res.out["error"].startswith("no acceptable bids")
+    assert not any(b.get("chosen") for b in res.out["explanation"]["bids"])
+    for name, node in honest.items():  # every node saw the job and declined it for its price
+        wait_until(lambda node=node, name=name: node.metric("agora_declines_total", reason="price")
+                   > declined[name], 30, f"{name} to decline on price")
     assert res.out["explanation"]["summary"] == res.out["error"]
+    # the nodes counter-offered at their own prices, so the requester can say exactly why none was acceptable
+    assert "ask more than max price 0.1" in res.out["error"], res.out["error"]
+    refused = [b for b in res.out["explanation"]["bids"] if b.get("refusal")]
+    assert refused and all(b["refusal"] == "price" for b in refused)
     assert "no acceptable bids" in res.stderr  # the one-line error users see
     assert net.balances() == before
     assert net.opened_events() == opened
 
 
-def test_a_restarted_requester_collects_its_result(net: MarketNet, honest: dict[str, NodeProc]) -> None:
+def opened_job_ids(net: MarketNet) -> set[str]:
+    return {r[0] for r in net.requester_db("SELECT job_id FROM jobs WHERE job_id IS NOT NULL")}
+
+
+@pytest.mark.parametrize("how", ["no-wait", "sigkill"])
+def test_a_restarted_requester_collects_its_result(net: MarketNet, honest: dict[str, NodeProc], how: str) -> None:
+    """`submit` without --wait (exits once the job is open), or `submit --wait` SIGKILLed as soon as its database
+    shows the job opened (frozen first, so it serves nothing more): `agora job resume` later finishes the job."""
     before = net.balances()
-    out_dir = net.tmp / "out-resume"
-    res = net.run_requester(net.submit_argv(k=1, max_price="2", out=out_dir, wait=False))
-    assert res.rc == 0, res.stderr
-    assert res.out["state"] == "open"
-    job_id = res.out["jobId"]
-    (name,) = winners(net, res.out)
+    out_dir = net.tmp / f"out-resume-{how}"
+    known = opened_job_ids(net)
+    if how == "no-wait":
+        res = net.run_requester(net.submit_argv(k=1, max_price="2", out=out_dir, wait=False))
+        assert res.rc == 0, res.stderr
+        assert res.out["state"] == "open"
+        job_id = res.out["jobId"]
+        (name,) = winners(net, res.out)
+    else:
+        proc = net.requester(net.submit_argv(k=1, max_price="2", out=out_dir))
+        new = wait_until(lambda: opened_job_ids(net) - known, 120, "the job to open", every=0.02)
+        proc.send_signal(signal.SIGSTOP)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(20)
+        (job_id,) = new
+        view = net.job(job_id)
+        (name,) = [n for n, a in net.addresses.items() if a == view.job.workers[0].provider]
     node = honest[name]
     # The node was assigned; with the requester gone it can neither fetch inputs nor deliver a result.
     assert node.wait_job(job_id=job_id, timeout=60)["state"] in ("assigned", "running", "computed")
     assert not net.job(job_id).settled
-    resumed = net.run_requester([*net.submit_argv(k=1, max_price="2", out=out_dir)[:3], "job", "resume", job_id,
-                                 "--timeout", "180", "--bootstrap", net.bootstrap, "--account", "alice", "--json"],
-                                name="resume")
+    resumed = net.run_requester([sys.executable, "-m", "marketplace.cli", "job", "resume", job_id, "--timeout",
+                                 "180", "--bootstrap", net.bootstrap, "--account", "alice", "--json"],
+                                name=f"resume-{how}")
     assert resumed.rc == 0, resumed.stderr
     view = net.wait_settled(job_id)
     assert view.outcome is not None and view.outcome.name.lower() == "completed"

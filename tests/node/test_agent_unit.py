@@ -57,7 +57,6 @@ def test_offer_prices_from_the_table(strategy: TableStrategy) -> None:
 @pytest.mark.parametrize(("ann", "ctx", "reason"), [
     ({"kind": "evaluate"}, {}, "kind"),
     ({"device": "cuda"}, {}, "device"),
-    ({"max_price": str(to_wei(1) - 1)}, {}, "price"),
     ({"min_collateral": str(to_wei(11))}, {}, "collateral"),
     ({}, {"free_capacity": 0}, "capacity"),
     ({}, {"free_stake": to_wei(10) - 1}, "stake"),
@@ -70,6 +69,19 @@ def test_each_decline_reason(strategy: TableStrategy, ann: dict[str, object], ct
     decision = strategy.decide(announce(**ann), context(**ctx))
     assert isinstance(decision, Decline) and decision.reason == reason
     assert not decision
+
+
+def test_a_price_above_the_max_is_a_counter_offer_or_a_decline(strategy: TableStrategy) -> None:
+    over = announce(max_price=str(to_wei(1) - 1))
+    counter = strategy.decide(over, context())
+    assert isinstance(counter, Offer) and counter.counter and counter.price == to_wei(1)  # our price, not theirs
+    assert strategy.decide(announce(), context()) == Offer(price=to_wei(1), collateral=to_wei(10), run_seconds=11,
+                                                           min_window=30)
+    strict = TableStrategy(strategy.config.model_copy(update={"counter_offers": False}))
+    decision = strict.decide(over, context())
+    assert isinstance(decision, Decline) and decision.reason == "price"
+    # a counter-offer is only made when the price is the one objection
+    assert isinstance(strategy.decide(announce(max_price=str(to_wei(1) - 1)), context(free_capacity=0)), Decline)
 
 
 def test_run_seconds_at_the_bound_is_accepted(strategy: TableStrategy) -> None:
