@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from marketplace.sqlite import SqliteStore
 
 from eth_utils import to_checksum_address
 
@@ -110,41 +109,15 @@ def _row(r: sqlite3.Row) -> JobRow:
                   created_at=float(r["created_at"]), updated_at=float(r["updated_at"]))
 
 
-class RequesterStore:
+class RequesterStore(SqliteStore):
     """Thread-safe (one connection, one lock): the engine writes from trio, worker threads may read."""
 
     def __init__(self, path: Path | str) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self._lock = threading.Lock()
-        self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None, timeout=10)
-        self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(SCHEMA)
+        super().__init__(path, SCHEMA, synchronous="NORMAL")
 
     @classmethod
     def for_account(cls, home: Path, address: str) -> RequesterStore:
         return cls(store_path(home, address))
-
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
-
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
-
-    def _query(self, sql: str, args: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
-        with self._lock:
-            return list(self._db.execute(sql, args).fetchall())
 
     # ------------------------------------------------------------------ jobs
     def add_job(self, *, ann_id: str, announcement: dict[str, Any], spec_hash: str, spec_path: str | None,

@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from marketplace.sqlite import SqliteStore
 
 JOB_STATES = ("assigned", "running", "computed", "committed", "revealed", "submitted", "settled", "failed")
 FINAL_STATES = ("settled", "failed")
@@ -156,40 +155,11 @@ def _from_db(col: str, value: Any) -> Any:
     return value
 
 
-class NodeStore:
+class NodeStore(SqliteStore):
     """Thread-safe (one connection, one lock): the agent calls it from trio and from worker threads."""
 
     def __init__(self, path: Path) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self._lock = threading.Lock()
-        self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
-        self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")  # a commitment's salt must survive power loss too
-        self._db.executescript(_SCHEMA)
-
-    def close(self) -> None:
-        with self._lock:
-            try:
-                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            finally:
-                self._db.close()
-
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
-
-    def _query(self, sql: str, args: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
-        with self._lock:
-            return list(self._db.execute(sql, args).fetchall())
+        super().__init__(path, _SCHEMA, synchronous="FULL")
 
     # ------------------------------------------------------------------ bids
     def add_bid(self, bid: BidRow) -> None:
