@@ -196,6 +196,8 @@ def run_demo(env: dict[str, str], chain: LocalChain, tmp: Path, procs: list[Proc
         out["wall_s"] = round(time.time() - started, 2)
         results.append(out)
         say(f"   {out.get('explanation', {}).get('summary', '')}")
+        if (out.get("settlement") or {}).get("outcome") != "completed":
+            raise SystemExit(f"demo: {label} did not complete: {out.get('error') or out.get('settlement')}")
     time.sleep(2)  # let auto-withdraw transactions land
     after = {n: agora(env, "token", "balance", addr[n], quiet=True) for n in NAMES}
     moves = {n: int(after[n]["token_wei"]) - int(before[n]["token_wei"]) for n in NAMES}
@@ -210,11 +212,15 @@ def print_report(report: dict[str, Any]) -> None:
     print("\n== settlement")
     print(f"  {'job':<15}{'winners':<22}{'price':>8}{'gas':>10}{'latency':>10}  outcome")
     for job in report["jobs"]:
+        s = job.get("settlement") or {}
         winners = ",".join(names.get(w["provider"], w["provider"][:8]) for w in job.get("winners", []))
         price = sum(int(w["price"]) for w in job.get("winners", []))
-        gas = sum(int(g) for g in job.get("gas", {}).values())
-        lat = job.get("timings", {}).get("total_s", job["wall_s"])
-        print(f"  {job['label']:<15}{winners:<22}{from_wei(price):>8}{gas:>10,}{lat:>9.2f}s  {job.get('outcome', '?')}")
+        gas = sum(int(g) for g in s.get("gas", {}).values())
+        lat = float(s.get("timings", {}).get("settled_s", job["wall_s"]))
+        verified = "outputs verified" if s.get("outputsVerified") else "outputs NOT verified"
+        print(f"  {job['label']:<15}{winners:<22}{from_wei(price):>8}{gas:>10,}{lat:>9.2f}s  "
+              f"{s.get('outcome', job.get('state', '?'))}, {verified}")
+    print("  (latency: from the announcement to the outputs verified against the settled hash, bid window included)")
     print(f"\n  {'account':<10}{'tokens':>14}{'in market':>12}")
     for n in NAMES:
         print(f"  {n:<10}{from_wei(int(report['token_delta_wei'][n])):>14}"
