@@ -47,7 +47,8 @@ log = logging.getLogger(__name__)
 
 SETTLE_MARGIN_S = 2  # chain seconds past a deadline before the requester finalizes itself
 ASSIGN_TIMEOUT_S = 15  # the most submit waits for winners to acknowledge Assigned
-POLL_S = 0.5  # how often a job's watcher reads the chain
+POLL_S = 0.5  # how often the requester's one chain poller reads new market logs and the latest block
+WATCH_S = 5.0  # a job's watcher re-reads its job at least this often, and at once when the poller pokes it
 RUN_SLACK_S = 30  # added to the spec's wall_seconds for the default run_seconds
 EXPIRY_MARGIN_S = 15  # a bid must stay valid this long after the window closes
 DEADLINE_SLACK_S = 10  # deadline = open time + run_seconds + this (blocks mine after the time we read)
@@ -210,11 +211,46 @@ class Requester:
             node.serve(P.BID_PROTOCOL, req._on_bid)
             node.serve(P.BLOB_PROTOCOL, req._on_blob)
             node.serve(P.RESULT_PROTOCOL, req._on_result)
+            nursery.start_soon(req._poll_chain)
             await req._join(list(bootstrap))
             try:
                 yield req
             finally:
                 nursery.cancel_scope.cancel()
+
+    async def _poll_chain(self) -> None:
+        """ONE reader for every open job: each POLL_S, the market's new logs (one eth_getLogs) poke the watchers of
+        the jobs they name, and a job near or past a deadline is poked every round (time alone changes what its
+        watcher must do). Per-job polling instead costs 3 RPCs per job per round and starves the event loop of a
+        requester with many jobs in flight."""
+        market = self.market.client.market
+        w3 = self.market.client.w3
+        last: int | None = None
+        while True:
+            try:
+                if self._active:
+                    def read(since: int | None) -> tuple[int, int, list[Any]]:
+                        block = w3.eth.get_block("latest")
+                        number = int(block["number"])
+                        logs = [] if since is None or number <= since else w3.eth.get_logs(
+                            {"address": market.address, "fromBlock": since + 1, "toBlock": number})
+                        return number, int(block["timestamp"]), logs
+
+                    number, now, logs = await trio.to_thread.run_sync(read, last)
+                    touched = {("0x" + bytes(lg["topics"][1]).hex()).lower() for lg in logs if len(lg["topics"]) > 1}
+                    last = number if last is None else max(last, number)
+                    for job_id, active in list(self._active.items()):
+                        if active.settled.is_set():
+                            continue
+                        if job_id in touched or now >= active.deadline - SETTLE_MARGIN_S:
+                            active.poke.set()
+                else:
+                    last = None  # nothing to watch: start from the head again next time
+            except trio.Cancelled:
+                raise
+            except Exception as err:  # noqa: BLE001 - an RPC hiccup must not stop the requester
+                log.warning("chain poll failed: %s: %s", type(err).__name__, err)
+            await trio.sleep(POLL_S)
 
     async def _join(self, bootstrap: list[str]) -> None:
         if not bootstrap:
@@ -721,7 +757,7 @@ class Requester:
                 await self._nudge(active, view, now)
             except AgoraError as err:
                 self.progress(f"job {active.hex_id[:10]}: {err}")
-            with trio.move_on_after(POLL_S):  # or at once after our own accept / batch transaction
+            with trio.move_on_after(WATCH_S):  # or when poked: our own transaction, a log of this job, a deadline
                 await active.poke.wait()
             active.poke = trio.Event()
 

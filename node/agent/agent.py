@@ -498,7 +498,7 @@ class Agent:
             event = self._wake.get(msg.job_id.lower())
             if event is not None:
                 event.set()
-            return Ack(ok=event is not None, reason="" if event else "unknown job").encode()
+            return Ack(ok=event is not None, reason="" if event is not None else "unknown job").encode()
         ok, reason = await self.claim(msg.job_id, index=msg.index)
         return Ack(ok=ok, reason=reason[:500]).encode()
 
