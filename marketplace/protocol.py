@@ -22,10 +22,11 @@ limit (the job of gossipsub's own spam protection, which the project switches of
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, Literal
 
 from eth_account import Account
@@ -347,6 +348,30 @@ def parse_blob_reply(data: bytes) -> tuple[int, bytes]:
     if data[:1] != BLOB_OK or len(data) < 9:
         raise ProtocolError("malformed blob reply")
     return int.from_bytes(data[1:9], "big"), data[9:]
+
+
+async def fetch_blob(request: Callable[[bytes], Awaitable[bytes]], *, job_id: str, blob: str, limit: int) -> bytes:
+    """The whole of `blob` over /agora/blob/1, chunk by chunk: `request(payload) -> reply` sends one BlobRequest
+    to the peer. Refuses a total over `limit` bytes, a size that changes mid-transfer and an empty chunk; a
+    `sha256:` blob must hash to its id (a `spec:` blob is the caller's to check). Raises ProtocolError (and
+    whatever `request` raises)."""
+    buf = bytearray()
+    total: int | None = None
+    while total is None or len(buf) < total:
+        req = BlobRequest(job_id=job_id, blob=blob, offset=len(buf), length=BLOB_CHUNK)
+        size, chunk = parse_blob_reply(await request(req.encode()))
+        if size > limit:
+            raise ProtocolError(f"{blob} is {size} bytes, over the {limit}-byte cap", reason="oversized")
+        if total is not None and size != total:
+            raise ProtocolError(f"{blob}: the peer changed its size mid-transfer", reason="malformed")
+        if (not chunk and len(buf) < size) or len(buf) + len(chunk) > size:
+            raise ProtocolError(f"{blob}: inconsistent chunk at {len(buf)} of {size}", reason="malformed")
+        total = size
+        buf += chunk
+    data = bytes(buf)
+    if blob.startswith("sha256:") and hashlib.sha256(data).hexdigest() != blob[7:]:
+        raise ProtocolError(f"{blob}: the bytes received have another sha256", reason="integrity")
+    return data
 
 
 # ---------------------------------------------------------------------------------------------------- validation

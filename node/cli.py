@@ -195,6 +195,7 @@ def node_run(
     from marketplace.config import load_settings
     from marketplace.errors import ConfigError
     from marketplace.wallet import load_account
+    from marketplace.p2p.identity import identity_key_path
     from node.agent.agent import Agent
     from node.agent.config import load_config
 
@@ -206,7 +207,7 @@ def node_run(
     signer = load_account(account=cfg.account, password_file=password_file, settings=settings)
     client = ChainClient.open(rpc or settings.rpc_url, deployments or settings.deployments_dir, account=signer)
     data_dir = Path(cfg.data_dir).expanduser() if cfg.data_dir else settings.home / "node" / signer.address
-    key_path = settings.keystore_dir / f"{signer.address}.p2p.key"  # docs/market-protocol.md, "Identities"
+    key_path = identity_key_path(settings.keystore_dir, signer.address)  # docs/market-protocol.md, "Identities"
     agent = Agent(cfg, signer, client, data_dir=data_dir, key_path=key_path)
 
     def ready(info: dict[str, Any]) -> None:

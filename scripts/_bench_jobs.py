@@ -133,9 +133,8 @@ def _run_jobs(tmp: Path, bootstrap: str, **kw: Any) -> tuple[dict[str, Any], dic
     from marketplace.client import ChainClient
     from marketplace.config import load_settings
     from marketplace.market import Market
-    from marketplace.p2p import load_or_create_key
+    from marketplace.p2p import identity_key_path, load_or_create_key
     from marketplace.requester import Requester, RequesterStore
-    from marketplace.requester.engine import identity_path
     from marketplace.spec import load_spec
     from marketplace.types import to_wei
     from marketplace.wallet import load_account
@@ -161,7 +160,7 @@ def _run_jobs(tmp: Path, bootstrap: str, **kw: Any) -> tuple[dict[str, Any], dic
                 "gas": sum(int(g) for g in s.get("gas", {}).values())}
 
     async def main() -> tuple[dict[str, Any], dict[str, Any]]:
-        key = load_or_create_key(identity_path(settings.keystore_dir, account.address))
+        key = load_or_create_key(identity_key_path(settings.keystore_dir, account.address))
         store = RequesterStore.for_account(settings.home, account.address)
         async with Requester.open(market, store=store, blobs=BlobStore(tmp / "home" / "blobs"), key=key,
                                   bootstrap=[bootstrap], progress=lambda _m: None) as req:

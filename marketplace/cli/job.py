@@ -282,12 +282,13 @@ def _requester_parts(market: Any, store_dir: Path | None) -> tuple[Any, Any, Any
     from marketplace.blobs import BlobStore, default_store
     from marketplace.config import load_settings
     from marketplace.p2p import load_or_create_key
-    from marketplace.requester import RequesterStore, identity_path
+    from marketplace.p2p.identity import identity_key_path
+    from marketplace.requester import RequesterStore
 
     settings = load_settings()
     store = RequesterStore.for_account(settings.home, market.address)
     blobs = BlobStore(store_dir) if store_dir else default_store()
-    key = load_or_create_key(identity_path(settings.keystore_dir, market.address))
+    key = load_or_create_key(identity_key_path(settings.keystore_dir, market.address))
     return store, blobs, key
 
 

@@ -9,7 +9,6 @@ from marketplace.requester.engine import (
     NoAcceptableBidsError,
     Requester,
     SubmitOutcome,
-    identity_path,
     resume_sync,
     submit_sync,
 )
@@ -18,5 +17,5 @@ from marketplace.requester.store import RequesterStore, store_path
 
 __all__ = [
     "Explanation", "JobFailedError", "NoAcceptableBidsError", "Offer", "ProviderFacts", "Requester",
-    "RequesterStore", "SubmitOutcome", "effective_price", "identity_path", "rank", "resume_sync", "store_path", "submit_sync",
+    "RequesterStore", "SubmitOutcome", "effective_price", "rank", "resume_sync", "store_path", "submit_sync",
 ]

@@ -32,7 +32,7 @@ from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo
 
 from marketplace import protocol as P
-from marketplace.blobs import BlobStore, blob_id_of
+from marketplace.blobs import BlobStore
 from marketplace.eip712 import COMMIT_TYPES, recover_bid_signer, typed_digest
 from marketplace.errors import AgoraError, BlobNotFoundError, InsufficientFundsError
 from marketplace.market import Market
@@ -169,16 +169,6 @@ class _Active:
 
     def winner_by_peer(self, peer: str) -> _Winner | None:
         return next((w for w in self.winners if w.peer == peer), None)
-
-
-def identity_path(keystore_dir: Path, address: str) -> Path:
-    """`<keystore_dir>/<address>.p2p.key`: one libp2p identity per account (docs/market-protocol.md)."""
-    from marketplace.p2p.identity import identity_key_path
-
-    try:
-        return identity_key_path(keystore_dir, address)  # type: ignore[call-arg]
-    except TypeError:  # an identity module without per-account paths
-        return Path(keystore_dir).expanduser() / f"{to_checksum_address(address)}.p2p.key"
 
 
 class Requester:
@@ -569,26 +559,11 @@ class Requester:
         return data
 
     async def _fetch(self, peer: str, job_id: str, blob: str, limit: int) -> bytes:
-        """A blob from a provider, chunk by chunk, capped at `limit` bytes and sha256-checked."""
-        parts: list[bytes] = []
-        got, total = 0, None
-        while total is None or got < total:
-            req = P.BlobRequest(job_id=job_id, blob=blob, offset=got, length=P.BLOB_CHUNK)
-            size, chunk = P.parse_blob_reply(await self.node.request(_info(peer), P.BLOB_PROTOCOL, req.encode(),
-                                                                     timeout=30))
-            if size > limit:
-                raise AgoraError(f"{blob} is {size} bytes, over the job's output cap of {limit}")
-            if total is not None and size != total:
-                raise AgoraError(f"{blob}: the provider changed its size mid-transfer")
-            if not chunk and got < size:
-                raise AgoraError(f"{blob}: empty chunk at {got} of {size}")
-            total = size
-            parts.append(chunk)
-            got += len(chunk)
-        data = b"".join(parts)
-        if blob_id_of(data) != blob:
-            raise AgoraError(f"{blob}: the bytes received hash to {blob_id_of(data)}")
-        return data
+        """A blob from a provider, capped at `limit` bytes and sha256-checked (see protocol.fetch_blob)."""
+        async def request(payload: bytes) -> bytes:
+            return await self.node.request(_info(peer), P.BLOB_PROTOCOL, payload, timeout=30)
+
+        return await P.fetch_blob(request, job_id=job_id, blob=blob, limit=limit)
 
     async def _fetch_outputs(self, active: _Active, peer: str, outputs: list[dict[str, Any]], expect: str) -> None:
         """Fetch outputs + manifest into a staging folder, verify them against `expect`, then move them in."""

@@ -38,7 +38,6 @@ from marketplace.protocol import (
     ADVERT_TOPIC,
     ASSIGN_PROTOCOL,
     BID_PROTOCOL,
-    BLOB_CHUNK,
     BLOB_PROTOCOL,
     MAX_ANNOUNCE_BYTES,
     RESULT_PROTOCOL,
@@ -61,8 +60,8 @@ from marketplace.protocol import (
     blob_reply_ok,
     canonical,
     decode,
+    fetch_blob,
     job_topic,
-    parse_blob_reply,
 )
 from marketplace.spec import JobSpec, parse_spec
 from marketplace.types import Assignment, Bid, JobPhase, b32, commitment_for
@@ -177,7 +176,8 @@ class Agent:
         self._funds: dict[str, tuple[float, int]] = {}
         self._stake: tuple[float, int] | None = None
         self._driving: set[str] = set()
-        self._wake: dict[str, trio.Event] = {}  # per job: set by a Nudge to re-read the chain at once
+        self._wake: dict[str, trio.Event] = {}
+        self._intact: set[tuple[str, str, int, int]] = set()  # output files checked against their blob id  # per job: set by a Nudge to re-read the chain at once
         self._nursery: trio.Nursery | None = None
         self.ops: OpsServer | None = None
 
@@ -672,30 +672,18 @@ class Agent:
             if self.blobs.has(blob):
                 budget -= self.blobs.path(blob).stat().st_size
                 continue
-            data = await self.fetch_blob(row, blob, budget)
+            data = await self.fetch_blob(row, blob, budget)  # sha256-checked against its id
             budget -= len(data)
-            if blob_id_of(data) != blob:
-                raise ProtocolError(f"blob {blob} from the requester has other bytes", reason="integrity")
             await trio.to_thread.run_sync(self.blobs.put_bytes, data)
         return spec
 
     async def fetch_blob(self, row: JobRow, blob: str, limit: int) -> bytes:
-        """Chunks of at most BLOB_CHUNK until the announced total; refuses totals over `limit`."""
-        buf = bytearray()
-        total = None
-        while total is None or len(buf) < total:
-            req = BlobRequest(job_id=row.job_id, blob=blob, offset=len(buf), length=BLOB_CHUNK)
-            reply = await self.request_peer(row.requester_addrs, row.requester_peer, BLOB_PROTOCOL, req.encode(),
-                                            timeout=REQUEST_TIMEOUT_S)
-            size, chunk = parse_blob_reply(reply)
-            if total is None:
-                total = size
-                if total > limit:
-                    raise ProtocolError(f"{blob} is {total} bytes, over the {limit}-byte cap", reason="oversized")
-            if size != total or not chunk and len(buf) < total or len(buf) + len(chunk) > total:
-                raise ProtocolError(f"inconsistent chunks of {blob}", reason="malformed")
-            buf += chunk
-        return bytes(buf)
+        """A blob of `row`'s job from its requester (see protocol.fetch_blob: capped, sha256-checked)."""
+        async def request(payload: bytes) -> bytes:
+            return await self.request_peer(row.requester_addrs, row.requester_peer, BLOB_PROTOCOL, payload,
+                                           timeout=REQUEST_TIMEOUT_S)
+
+        return await fetch_blob(request, job_id=row.job_id, blob=blob, limit=limit)
 
     async def on_blob_request(self, payload: bytes, peer: Any) -> bytes:
         """Serve a job's outputs to that job's requester peer only."""
@@ -712,14 +700,24 @@ class Agent:
             return blob_reply_err(f"no output {req.blob} for this job")
         path = Path(row.result_dir) / ref["name"]
         try:
+            if not self._output_intact(path, req.blob):
+                return blob_reply_err("output changed on disk")
             with open(path, "rb") as f:
                 f.seek(req.offset)
                 chunk = f.read(req.length)
         except OSError as err:
             return blob_reply_err(f"output unavailable: {err.strerror}")
-        if hashlib.sha256(path.read_bytes()).hexdigest() != req.blob.split(":", 1)[1]:
-            return blob_reply_err("output changed on disk")
         return blob_reply_ok(int(ref["size"]), chunk)
+
+    def _output_intact(self, path: Path, blob: str) -> bool:
+        """Does `path` still hash to `blob`? Hashed once per file version (size, mtime), not once per chunk."""
+        st = path.stat()
+        key = (str(path), blob, st.st_size, st.st_mtime_ns)
+        if key not in self._intact:
+            if hashlib.sha256(path.read_bytes()).hexdigest() != blob.split(":", 1)[1]:
+                return False
+            self._intact.add(key)
+        return True
 
     # ------------------------------------------------------------------ settlement
     async def settle_step(self, row: JobRow) -> None:
