@@ -293,9 +293,9 @@ def _requester_parts(market: Any, store_dir: Path | None) -> tuple[Any, Any, Any
 
 
 def _bootstrap(given: list[str]) -> list[str]:
-    import os
+    from marketplace.p2p.discovery import bootstrap_from_env
 
-    return list(given) or [a.strip() for a in os.environ.get("AGORA_BOOTSTRAP", "").split(",") if a.strip()]
+    return list(given) or bootstrap_from_env()
 
 
 def _say(msg: str) -> None:

@@ -169,7 +169,9 @@ def load_config(path: Path | None, *, account: str | None = None, bootstrap: lis
     if env.get("AGORA_ACCOUNT") and not data.get("account"):
         data["account"] = env["AGORA_ACCOUNT"]
     if env.get("AGORA_BOOTSTRAP"):
-        _add_bootstrap(data, [a.strip() for a in env["AGORA_BOOTSTRAP"].split(",") if a.strip()])
+        from marketplace.p2p.discovery import bootstrap_from_env  # imports libp2p: only when needed
+
+        _add_bootstrap(data, bootstrap_from_env(env["AGORA_BOOTSTRAP"]))
     if account:
         data["account"] = account
     if bootstrap:
