@@ -1,4 +1,4 @@
-"""Deploy token, registry and market to any EVM JSON-RPC endpoint and write the deployment file."""
+"""Deploy token, registry, market and collab market to an EVM JSON-RPC endpoint; write the deployment file."""
 
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ def _deploy_contract(client: ChainClient, name: str, *args: Any) -> str:
 
 def deploy(w3: Web3, deployer: LocalAccount, *, params: MarketParams | None = None, token: str | None = None,
            fund: Sequence[str] = (), progress: ProgressFn | None = None) -> Deployment:
-    """Deploy the market stack with `deployer` as sender.
+    """Deploy the stack (token unless given, registry, JobMarket, CollabMarket) with `deployer` as sender.
 
     `token`: use this existing ERC-20 instead of deploying AgoraToken. `fund`: addresses that get
     `params.dev_funding` tokens each (dev chains only: the deployer holds the initial supply).
@@ -68,9 +68,12 @@ def deploy(w3: Web3, deployer: LocalAccount, *, params: MarketParams | None = No
     if market != predicted:
         raise ConfigError(f"market deployed at {market}, but the registry was bound to {predicted}: another "
                           f"transaction from {deployer.address} interleaved; deploy again from an idle account")
+    # Deployed after the market so the registry's predicted market address (a nonce) is unchanged.
+    say("deploying CollabMarket")
+    collab = _deploy_contract(client, "CollabMarket", token)
     deployment = Deployment(chain_id=chain_id, token=token, registry=registry, market=market,
                             block=start_block, deployer=deployer.address, artifact_hash=artifact_hash(),
-                            params=asdict(params))
+                            params=asdict(params), collab=collab)
     client = ChainClient(w3, deployment, account=deployer)
     if fund and dev:
         for address in fund:

@@ -28,6 +28,9 @@ class MarketParams:
 
 @dataclass(frozen=True, kw_only=True)
 class Deployment:
+    """Addresses of one chain's contracts. `collab` (CollabMarket) is None in files written before it existed:
+    they still load, and only collaborative jobs need a redeploy."""
+
     chain_id: int
     token: str
     registry: str
@@ -36,6 +39,7 @@ class Deployment:
     deployer: str
     artifact_hash: str
     params: dict[str, Any] = field(default_factory=dict)
+    collab: str | None = None
     version: int = DEPLOYMENT_VERSION
 
     def to_json(self) -> dict[str, Any]:

@@ -44,7 +44,7 @@ ASSIGN_PROTOCOL = "/agora/assign/1"
 RESULT_PROTOCOL = "/agora/result/1"
 BLOB_PROTOCOL = "/agora/blob/1"
 
-KINDS = ("inference", "train", "finetune", "evaluate")
+KINDS = ("inference", "train", "finetune", "evaluate", "collab")  # collab: docs/collaborative-training.md
 DEVICES = ("cpu", "cuda")
 
 MAX_ANNOUNCE_BYTES = 4096
@@ -124,7 +124,7 @@ class Announce(_Msg):
     requester_peer: PeerIdStr
     requester_addrs: list[Multiaddr] = Field(min_length=1, max_length=8)
     spec_hash: Hex32
-    kind: Literal["inference", "train", "finetune", "evaluate"]
+    kind: Literal["inference", "train", "finetune", "evaluate", "collab"]
     device: Literal["cpu", "cuda"]
     replicas: int = Field(ge=1, le=15)
     max_price: Wei
@@ -323,7 +323,7 @@ def decode(data: bytes, expect: type[_Msg] | tuple[type[_Msg], ...], *, max_byte
         raise ProtocolError(f"invalid {obj['type']}: {str(err)[:120]}") from None
 
 
-def verify_signed(msg: Announce | Advert, signer: str) -> None:
+def verify_signed(msg: Any, signer: str) -> None:
     """Check that `msg` carries a signature by `signer`. Raises ProtocolError."""
     if msg.signature is None:
         raise ProtocolError(f"unsigned {msg.type}", reason="unsigned")

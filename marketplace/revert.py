@@ -16,7 +16,7 @@ from eth_utils import function_signature_to_4byte_selector, to_checksum_address
 from marketplace.errors import AgoraError, InsufficientFundsError, TransactionRevertedError
 from marketplace.types import from_wei
 
-_CONTRACTS = ("AgoraToken", "ProviderRegistry", "JobMarket")
+_CONTRACTS = ("AgoraToken", "ProviderRegistry", "JobMarket", "CollabMarket")
 PANIC_CODES = {
     0x01: "assertion failed", 0x11: "arithmetic overflow or underflow", 0x12: "division by zero",
     0x21: "invalid enum value", 0x31: "pop on empty array", 0x32: "array index out of bounds",

@@ -1,12 +1,17 @@
 #!/usr/bin/env python
 """Build the example datasets, weights and data orders as blobs, and write example specs that name them.
 
-    python scripts/make_examples.py [--store DIR] [--out examples/specs]
+    python scripts/make_examples.py [--store DIR] [--out examples/specs] [--collab-out examples/collab]
 
 Everything comes from numpy `default_rng` streams with fixed seeds, using only `Generator.random`, `integers`
 and `permutation` plus exact float64 arithmetic rounded once to float32, so the bytes (and so the blob ids in
 the specs) are the same on every machine: running this twice gives byte-identical specs. The MiniLM sentences
 are tokenized with the packaged tokenizer (`marketplace.tensors.tokenize`). Each job runs in seconds on a CPU.
+
+The collaborative-training example (`examples/collab/`) has its own dataset: a 10-class mixture in 32
+dimensions whose classes overlap (a single provider reaches about 90 % test accuracy, not 100 %), a
+4,000-sample training set, a 1,000-sample held-out test set and initial mlp@1 weights. `collab_ids()` returns
+their blob ids.
 """
 
 from __future__ import annotations
@@ -52,6 +57,9 @@ TRAINING: dict[str, dict[str, Any]] = {
     "transformer@1": {"optimizer": "adam", "lr": 0.003, "epochs": 2, "batch_size": 32},
     "minilm-classifier@1": {"optimizer": "adam", "lr": 0.01, "epochs": 3, "batch_size": 8},
 }
+#: The collaborative-training example: a 10-class mixture in 32 dimensions, an mlp@1 with one hidden layer.
+COLLAB_PARAMS: dict[str, Any] = {"in_features": 32, "hidden": [64], "out_features": 10, "activation": "relu"}
+COLLAB_TRAIN_N, COLLAB_TEST_N, COLLAB_NOISE = 4000, 1000, 1.8
 SHORT = {"mlp@1": "mlp", "cnn@1": "cnn", "transformer@1": "transformer", "minilm-classifier@1": "minilm"}
 
 
@@ -66,6 +74,18 @@ def features(n: int, f: int, classes: int, k: int) -> tuple[dict, dict]:
     centres = g.random((classes, f)) * 4 - 2
     y = g.integers(0, classes, n)
     x = centres[y] + (g.random((n, f)) * 2 - 1)
+    return {"x": x.astype(np.float32)}, {"y": y.astype(np.int64)}
+
+
+def mixture(n: int, k: int) -> tuple[dict, dict]:
+    """The collab dataset: 10 class centres in [-1, 1)^32 (stream 30, shared by the train and test sets) plus
+    near-gaussian noise (a sum of 4 uniforms, centred, times `COLLAB_NOISE`), so the classes overlap."""
+    centres = rng(30).random((10, 32)) * 2 - 1
+    g = rng(k)
+    y = g.integers(0, 10, n)
+    u = g.random((n, 32, 4))
+    noise = u[..., 0] + u[..., 1] + u[..., 2] + u[..., 3] - 2.0  # explicit order: the same bits everywhere
+    x = centres[y] + noise * COLLAB_NOISE
     return {"x": x.astype(np.float32)}, {"y": y.astype(np.int64)}
 
 
@@ -195,6 +215,64 @@ def build(store: BlobStore) -> tuple[dict[str, str], dict[str, dict[str, Any]], 
     return ids, specs, notes
 
 
+def build_collab(store: BlobStore) -> tuple[dict[str, str], dict[str, dict[str, Any]], dict[str, str]]:
+    """Store the collab dataset and initial weights; return (blob ids by name, collab spec dicts by file name,
+    one-line descriptions)."""
+    ids = collab_ids(store)
+    base: dict[str, Any] = {
+        "version": 1, "kind": "collab",
+        "model": {"arch": "mlp@1", "params": dict(COLLAB_PARAMS), "weights": ids["weights"]},
+        "data": {"inputs": ids["train-inputs"], "labels": ids["train-labels"]},
+        "training": {"optimizer": "sgd", "lr": 0.05, "weight_decay": 0.002, "epochs": 2, "batch_size": 32},
+        "rounds": 10, "participants": 4, "min_participants": 2,
+        "aggregation": {"rule": "fedavg", "trim": 0},
+        "checks": {"max_update_norm": 10.0, "round_seconds": 120.0},
+        "determinism": "exact-f64", "seed": 7,
+    }
+    robust = {**base, "aggregation": {"rule": "trimmed_mean", "trim": 1}}
+    specs = {"mlp-collab.yaml": base, "mlp-collab-robust.yaml": robust}
+    notes = {"mlp-collab.yaml": "collaborative mlp@1 training, 4 participants, 10 rounds, fedavg",
+             "mlp-collab-robust.yaml": ("collaborative mlp@1 training, 4 participants, 10 rounds, "
+                                        "Byzantine-robust trimmed mean (trim 1)")}
+    return ids, specs, notes
+
+
+def collab_ids(store: BlobStore | None = None) -> dict[str, str]:
+    """Blob ids of the collab example: `train-inputs`, `train-labels` (4,000 samples), `test-inputs`,
+    `test-labels` (1,000 held-out samples), `weights` (initial mlp@1). Stores the blobs when `store` is given;
+    without one only computes the ids (for benchmarks and tests that find the test set by id)."""
+    from marketplace.blobs import blob_id_of
+
+    def put(tensors: dict) -> str:
+        data = dump_tensors(tensors)
+        return store.put_bytes(data) if store is not None else blob_id_of(data)
+
+    (xtr, ytr), (xte, yte) = mixture(COLLAB_TRAIN_N, 31), mixture(COLLAB_TEST_N, 32)
+    return {"train-inputs": put(xtr), "train-labels": put(ytr), "test-inputs": put(xte),
+            "test-labels": put(yte), "weights": put(weights("mlp@1", COLLAB_PARAMS))}
+
+
+def collab_test_blobs() -> dict[str, str]:
+    """The held-out collab test set's blob ids, `{"inputs": ..., "labels": ...}` (computed, nothing stored)."""
+    ids = collab_ids()
+    return {"inputs": ids["test-inputs"], "labels": ids["test-labels"]}
+
+
+def write_collab(out: Path, specs: dict[str, dict[str, Any]], notes: dict[str, str], ids: dict[str, str]
+                 ) -> list[Path]:
+    """Write each collab spec as YAML with a header comment naming the held-out test set's blobs."""
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, spec in sorted(specs.items()):
+        head = (f"# Example: {notes[name]}.\n# Generated by scripts/make_examples.py (deterministic): run it "
+                f"to put the blobs named here\n# into your store. Held-out test set (1,000 samples, not part "
+                f"of the job):\n#   test-inputs {ids['test-inputs']}\n#   test-labels {ids['test-labels']}\n")
+        p = out / name
+        p.write_text(head + yaml.dump(spec, Dumper=_Dumper, sort_keys=False, width=120))
+        paths.append(p)
+    return paths
+
+
 class _Dumper(yaml.SafeDumper):
     """Block-style mappings, flow-style lists (`hidden: [32]`)."""
 
@@ -219,10 +297,17 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--store", type=Path, help="blob store directory [default $AGORA_HOME/blobs]")
     ap.add_argument("--out", type=Path, default=ROOT / "examples" / "specs", help="where to write the specs")
+    ap.add_argument("--collab-out", type=Path, default=None,
+                    help="where to write the collab specs [default examples/collab; OUT/collab with --out]")
     args = ap.parse_args(argv)
     store = BlobStore(args.store) if args.store else default_store()
     ids, specs, notes = build(store)
     paths = write(args.out, specs, notes)
+    cids, cspecs, cnotes = build_collab(store)
+    collab_out = args.collab_out or (ROOT / "examples" / "collab" if args.out == ap.get_default("out")
+                                     else args.out / "collab")
+    paths += write_collab(collab_out, cspecs, cnotes, cids)
+    ids.update({f"collab-{k}": v for k, v in cids.items()})
     for name, blob_id in ids.items():
         print(f"{name:<18} {blob_id}")
     print(f"{len(ids)} blobs in {store.root}; {len(paths)} specs in {args.out}")

@@ -77,5 +77,5 @@ def deploy_cmd(
         emit_json({**deployment.to_json(), "file": str(path)})
     else:
         console.print(f"[green]✓[/green] deployed on chain {deployment.chain_id}\n  token     {deployment.token}\n"
-                      f"  registry  {deployment.registry}\n  market    {deployment.market}\n  wrote {path}",
+                      f"  registry  {deployment.registry}\n  market    {deployment.market}\n  collab    {deployment.collab}\n  wrote {path}",
                       highlight=False)

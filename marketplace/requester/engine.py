@@ -32,6 +32,7 @@ from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo
 
 from marketplace import protocol as P
+from marketplace.collab.protocol import COLLAB_PROTOCOL
 from marketplace.blobs import BlobStore
 from marketplace.eip712 import COMMIT_TYPES, recover_bid_signer, typed_digest
 from marketplace.errors import AgoraError, BlobNotFoundError, InsufficientFundsError
@@ -188,6 +189,10 @@ class Requester:
         self.tx_lock = trio.Lock()
         self._pending: dict[str, _Pending] = {}
         self._active: dict[str, _Active] = {}
+        # Jobs run by another engine over this host (collaborative training): job id -> an object with
+        # `serve_blob(peer, blob) -> bytes` (raises AgoraError), `served(n_bytes)` and
+        # `async on_message(payload, peer) -> bytes`.
+        self.extensions: dict[str, Any] = {}
 
     # ------------------------------------------------------------------ life cycle
     @classmethod
@@ -201,6 +206,7 @@ class Requester:
             node.serve(P.BID_PROTOCOL, req._on_bid)
             node.serve(P.BLOB_PROTOCOL, req._on_blob)
             node.serve(P.RESULT_PROTOCOL, req._on_result)
+            node.serve(COLLAB_PROTOCOL, req._on_collab)
             nursery.start_soon(req._poll_chain)
             await req._join(list(bootstrap))
             try:
@@ -304,10 +310,13 @@ class Requester:
     async def submit(self, spec: JobSpec, *, k: int, max_price: int, min_collateral: int = 0,
                      bid_window: float = 2.0, grace: float = 0.05, run_seconds: int | None = None,
                      window: int | None = None, approve: bool = False, wait: bool = True,
-                     out_dir: Path | None = None, peer_wait: float = 5.0) -> SubmitOutcome:
+                     out_dir: Path | None = None, peer_wait: float = 5.0,
+                     on_announced: Callable[[str], None] | None = None) -> SubmitOutcome:
         """Announce `spec`, pick k bids, open the job; with `wait`, also until it settles and outputs are in
-        `out_dir`. Raises NoAcceptableBidsError (nothing sent to the chain), InsufficientFundsError,
-        BlobNotFoundError, JobFailedError."""
+        `out_dir`. `on_announced(ann_id)` runs once the job is in the store and before anything is published or
+        sent (a pipeline records the id there, so a crash at any later point resumes this job instead of
+        paying for a second one). Raises NoAcceptableBidsError (nothing sent to the chain),
+        InsufficientFundsError, BlobNotFoundError, JobFailedError."""
         spec_json = spec.canonical_json()
         spec_hash = "0x" + spec.spec_hash().hex()
         input_bytes = self._check_blobs(spec)
@@ -316,7 +325,31 @@ class Requester:
         run_s = run_seconds or max(int(spec.limits.wall_seconds) + RUN_SLACK_S, int(min_run) + 5)
         win = window or max(60, int(min_window))
         await self.ensure_funds(max_price * k, approve=approve)
-        topic = P.job_topic(spec.kind, spec.device.type)
+        out = Path(out_dir) if out_dir else None
+        pending, explanation, chosen = await self.choose(
+            spec_hash=spec_hash, spec_json=spec_json, kind=spec.kind, device=spec.device.type, k=k,
+            max_price=max_price, min_collateral=min_collateral, run_seconds=run_s, window=win,
+            input_bytes=input_bytes, bid_window=bid_window, grace=grace, peer_wait=peer_wait,
+            on_announced=on_announced, out_dir=out)
+        ann_id, t0 = pending.ann.ann_id, pending.wall_ts
+        active = await self._open(pending, chosen, spec, spec_json, out, t0)
+        outcome = SubmitOutcome(ann_id=ann_id, state="open", explanation=explanation, job_id=active.hex_id,
+                                winners=[w.to_json() for w in active.winners], out_dir=str(active.out_dir))
+        if wait:
+            outcome.settlement = await self.wait(active)
+            row = self.store.job(ann_id)
+            outcome.state = row.state if row else "failed"
+            outcome.error = active.error
+        return outcome
+
+    async def choose(self, *, spec_hash: str, spec_json: bytes, kind: str, device: str, k: int, max_price: int,
+                     min_collateral: int, run_seconds: int, window: int, input_bytes: int, bid_window: float,
+                     grace: float, peer_wait: float, on_announced: Callable[[str], None] | None = None,
+                     out_dir: Path | None = None) -> tuple[_Pending, Explanation, list[_Received]]:
+        """Announce a job on its topic, collect bids for the window, rank them: (pending, explanation, chosen).
+        Shared by single jobs (`submit`) and collaborative training (marketplace.collab.coordinator). Raises
+        NoAcceptableBidsError (the job's store row is then "no-bids": nothing was sent to the chain)."""
+        topic = P.job_topic(kind, device)
         if not await self.node.gossip.wait_for_topic_peers(topic, 1, timeout=peer_wait):
             self.progress(f"no peer subscribes to {topic} yet; announcing anyway")
         chain_ts = await self._read(self.chain_now)
@@ -324,22 +357,24 @@ class Requester:
         ts = int(t0 * 1000)
         ann = P.Announce(chain_id=self.chain_id, market=to_checksum_address(self.market_address),
                          requester=self.address, requester_peer=str(self.node.peer_id),
-                         requester_addrs=self.node.addrs[:8], spec_hash=spec_hash, kind=spec.kind,
-                         device=spec.device.type, replicas=k, max_price=str(max_price),
-                         min_collateral=str(min_collateral), run_seconds=run_s, window=win,
+                         requester_addrs=self.node.addrs[:8], spec_hash=spec_hash, kind=kind,  # type: ignore[arg-type]
+                         device=device, replicas=k, max_price=str(max_price),  # type: ignore[arg-type]
+                         min_collateral=str(min_collateral), run_seconds=run_seconds, window=window,
                          input_bytes=input_bytes, ts_ms=ts, bid_until_ms=ts + int(bid_window * 1000),
                          nonce="0x" + os.urandom(16).hex()).signed(self.market.client.account)
         ann_id = ann.ann_id
         spec_file = self._keep_spec(spec_hash, spec_json)
-        out = Path(out_dir) if out_dir else None
         self.store.add_job(ann_id=ann_id, announcement=ann.model_dump(mode="json"), spec_hash=spec_hash,
-                           spec_path=str(spec_file), k=k, max_price=max_price, out_dir=str(out) if out else None)
+                           spec_path=str(spec_file), k=k, max_price=max_price,
+                           out_dir=str(out_dir) if out_dir else None)
+        if on_announced is not None:
+            on_announced(ann_id)
         pending = _Pending(ann=ann, k=k, max_price=max_price, min_collateral=min_collateral, chain_ts=chain_ts,
                            wall_ts=t0)
         self._pending[ann_id] = pending
         try:
             await self.node.gossip.publish(topic, ann.encode())
-            self.progress(f"announced {spec.kind} job {ann_id[:10]} to {topic}; bids until +{bid_window:g} s")
+            self.progress(f"announced {kind} job {ann_id[:10]} to {topic}; bids until +{bid_window:g} s")
             await self._collect(pending, grace)
         finally:
             pending.closed = True
@@ -350,15 +385,7 @@ class Requester:
         if not explanation.ok:
             self.store.update_job(ann_id, state="no-bids", error=explanation.summary)
             raise NoAcceptableBidsError(explanation)
-        active = await self._open(pending, chosen, spec, spec_json, out, t0)
-        outcome = SubmitOutcome(ann_id=ann_id, state="open", explanation=explanation, job_id=active.hex_id,
-                                winners=[w.to_json() for w in active.winners], out_dir=str(active.out_dir))
-        if wait:
-            outcome.settlement = await self.wait(active)
-            row = self.store.job(ann_id)
-            outcome.state = row.state if row else "failed"
-            outcome.error = active.error
-        return outcome
+        return pending, explanation, chosen
 
     def _check_blobs(self, spec: JobSpec) -> int:
         total = 0
@@ -474,6 +501,9 @@ class Requester:
         params = JobParams(spec_hash=b32(ann.spec_hash), salt=os.urandom(32), deadline=deadline,
                            window=ann.window, replicas=pending.k, budget=0)
         t_open = time.time()
+        # "opening": from here a crash may leave a job open on chain that the store does not know yet;
+        # `recover_opened` finds it again from the JobOpened log.
+        self.store.update_job(ann.ann_id, state="opening")
         try:
             job_id, tx = await self._send(self.market.open_job, params, bids)
         except AgoraError as err:
@@ -534,15 +564,30 @@ class Requester:
         except P.ProtocolError as err:
             return P.blob_reply_err(str(err))
         active = self._active.get(req.job_id.lower())
-        if active is None or active.winner_by_peer(str(peer)) is None:
+        ext = self.extensions.get(req.job_id.lower())
+        if ext is None and (active is None or active.winner_by_peer(str(peer)) is None):
             return P.blob_reply_err("not a provider of this job")
         try:
-            data = self._blob_bytes(active, req.blob)
+            data = ext.serve_blob(str(peer), req.blob) if ext is not None else self._blob_bytes(active, req.blob)
         except AgoraError as err:
             return P.blob_reply_err(str(err))
         if req.offset > len(data):
             return P.blob_reply_err("offset past the end")
-        return P.blob_reply_ok(len(data), data[req.offset:req.offset + req.length])
+        chunk = data[req.offset:req.offset + req.length]
+        if ext is not None:
+            ext.served(len(chunk))
+        return P.blob_reply_ok(len(data), chunk)
+
+    async def _on_collab(self, payload: bytes, peer: ID) -> bytes:
+        """Messages of jobs run by an extension (collaborative training), routed by their `job_id`."""
+        try:
+            job_id = str(json.loads(payload).get("job_id", "")).lower()
+        except (ValueError, AttributeError, UnicodeDecodeError):
+            return P.Ack(ok=False, reason="not a JSON object").encode()
+        ext = self.extensions.get(job_id)
+        if ext is None:
+            return P.Ack(ok=False, reason="unknown job").encode()
+        return await ext.on_message(payload, str(peer))
 
     def _blob_bytes(self, active: _Active, blob: str) -> bytes:
         if blob in active.cache:
@@ -825,6 +870,30 @@ class Requester:
         self.nursery.start_soon(self._watch, active)
         return active
 
+    def recover_opened(self, row: Any) -> str | None:
+        """A job left in "opening" (a crash between sending openJob and recording its id): find its JobOpened
+        log (this requester, this spec hash, not already in the store), record it with its winners, return its
+        id; None when the job never opened (marked failed, nothing was paid). Runs in a worker thread."""
+        event = self.market.client.market.events.JobOpened()
+        start = self.market.client.deployment.block
+        known = {r.job_id for r in self.store.jobs() if r.job_id}
+        logs = event.get_logs(from_block=start, argument_filters={"requester": self.address})
+        for lg in logs:
+            args = lg["args"]
+            hex_id = "0x" + bytes(args["jobId"]).hex()
+            if hex_id in known or "0x" + bytes(args["specHash"]).hex() != row.spec_hash.lower():
+                continue
+            peers = {(b["provider"] or "").lower(): b["peer"] for b in self.store.bids(row.ann_id)}
+            winners = [_Winner(index=i, provider=a["provider"], peer=peers.get(a["provider"].lower(), ""),
+                               price=int(a["price"]), collateral=int(a["collateral"]))
+                       for i, a in enumerate(args["workers"])]
+            out_dir = row.out_dir or str(Path.cwd() / f"result-{hex_id[2:10]}")
+            self.store.update_job(row.ann_id, job_id=hex_id, state="open", winners=[w.to_json() for w in winners],
+                                  out_dir=out_dir)
+            return hex_id
+        self.store.update_job(row.ann_id, state="failed", error="interrupted before the job was opened")
+        return None
+
     def _load_active(self, row: Any) -> _Active:
         """Rebuild a job's in-memory state from the store and the chain (runs in a worker thread)."""
         from marketplace.spec import parse_spec
@@ -897,6 +966,10 @@ def resume_sync(market: Market, *, store: RequesterStore, blobs: BlobStore, key:
             done: dict[str, Any] = {}
             for row in rows:
                 assert row is not None
+                if row.job_id is None and row.state == "opening":
+                    if await trio.to_thread.run_sync(req.recover_opened, row):
+                        row = store.job(row.ann_id)
+                        assert row is not None
                 if row.job_id is None:
                     if row.state == "announced":
                         store.update_job(row.ann_id, state="failed", error="interrupted before the job was opened")

@@ -19,8 +19,8 @@ from marketplace.sqlite import SqliteStore
 
 from eth_utils import to_checksum_address
 
-STATES = ("announced", "no-bids", "open", "committed", "revealed", "settled", "failed")
-FINAL_STATES = ("no-bids", "settled", "failed")
+STATES = ("announced", "no-bids", "opening", "open", "committed", "revealed", "settled", "failed", "collab")
+FINAL_STATES = ("no-bids", "settled", "failed", "collab")  # collab: followed by marketplace.collab, not here
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (

@@ -30,6 +30,7 @@ from eth_utils import keccak, to_checksum_address
 
 from marketplace.blobs import BlobStore, blob_id_of
 from marketplace.client import ChainClient
+from marketplace.collab.protocol import COLLAB_PROTOCOL, CollabAssigned
 from marketplace.eip712 import sign_bid, sign_commit, sign_result
 from marketplace.errors import AgoraError
 from marketplace.market import Market
@@ -180,6 +181,8 @@ class Agent:
         self._intact: set[tuple[str, str, int, int]] = set()  # output files checked against their blob id  # per job: set by a Nudge to re-read the chain at once
         self._nursery: trio.Nursery | None = None
         self.ops: OpsServer | None = None
+        self.collab: dict[str, Any] = {}  # collab job id -> CollabParticipant
+        self._collab_chain: Any = None
 
     # ------------------------------------------------------------------ chain helpers
     async def read(self, fn: Callable[..., Any], *args: Any) -> Any:
@@ -232,6 +235,7 @@ class Agent:
                 self.record = PeerRecord.sign(self.account.key, host.peer_id, self.chain_id)
                 await self.ensure_registered(host.peer_id)
                 host.serve(ASSIGN_PROTOCOL, self.on_assigned)
+                host.serve(COLLAB_PROTOCOL, self.on_collab)
                 host.serve(BLOB_PROTOCOL, self.on_blob_request, timeout=REQUEST_TIMEOUT_S)
                 async with trio.open_nursery() as nursery:
                     self._nursery = nursery
@@ -276,7 +280,8 @@ class Agent:
         if self.config.ops_port < 0:
             return
         self.ops = OpsServer(self.config.ops_port, metrics=self.metrics, health=self.health,
-                             jobs=lambda: [j.to_json() for j in self.store.jobs()])
+                             jobs=lambda: [j.to_json() for j in self.store.jobs()]
+                             + [c.to_json() for c in self.collab.values()])
         self.ops.start()
 
     async def _start_discovery(self, nursery: trio.Nursery) -> None:
@@ -432,7 +437,8 @@ class Agent:
             if decision.counter:
                 self.metrics.declines.labels(reason="price").inc()  # declined at their price, countered at ours
                 log.info("counter-offer on %s: our price %s > max %s", ann.ann_id[:10], decision.price, ann.max_price)
-            await self.send_bid(ann, decision.price, decision.collateral, decision.run_seconds, decision.min_window)
+            collateral = 0 if ann.kind == "collab" else decision.collateral  # CollabMarket takes no collateral
+            await self.send_bid(ann, decision.price, collateral, decision.run_seconds, decision.min_window)
         except trio.Cancelled:
             raise
         except Exception as err:  # noqa: BLE001 - one bad announcement must not stop the node
@@ -490,10 +496,13 @@ class Agent:
     # ------------------------------------------------------------------ assignment
     async def on_assigned(self, payload: bytes, peer: Any) -> bytes:
         try:
-            msg: Assigned | Nudge = decode(payload, (Assigned, Nudge))
+            msg: Assigned | Nudge | CollabAssigned = decode(payload, (Assigned, Nudge, CollabAssigned))
         except ProtocolError as err:
             self.metrics.rejected.labels(reason=err.reason).inc()
             return Ack(ok=False, reason=str(err)[:500]).encode()
+        if isinstance(msg, CollabAssigned):
+            ok, reason = await self.join_collab(msg)
+            return Ack(ok=ok, reason=reason[:500]).encode()
         if isinstance(msg, Nudge):  # only a hint: the job's driver re-reads the chain and trusts nothing else
             event = self._wake.get(msg.job_id.lower())
             if event is not None:
@@ -501,6 +510,46 @@ class Agent:
             return Ack(ok=event is not None, reason="" if event is not None else "unknown job").encode()
         ok, reason = await self.claim(msg.job_id, index=msg.index)
         return Ack(ok=ok, reason=reason[:500]).encode()
+
+    async def join_collab(self, msg: CollabAssigned) -> tuple[bool, str]:
+        """Start a collaborative training participant, once the chain confirms the assignment."""
+        from .collab import CollabParticipant
+
+        job_id = msg.job_id.lower()
+        if job_id in self.collab:
+            return True, "already known"
+        bid = next((b for b in self.store.bids_for(msg.ann) if b.kind == "collab"), None)
+        if bid is None:
+            return False, "no collab bid of this node for that announcement"
+        if self._collab_chain is None:
+            from marketplace.collab.chain import CollabChain
+
+            self._collab_chain = CollabChain(self.client)
+        if self._collab_chain.address.lower() != msg.collab.lower():
+            return False, f"collab contract {msg.collab} is not the deployment's {self._collab_chain.address}"
+        part = CollabParticipant(agent=self, msg=msg, bid=bid, chain=self._collab_chain)
+        try:
+            await part.verify_assignment()
+        except AgoraError as err:
+            return False, str(err)
+        self.collab[job_id] = part
+        self.store.set_bid_outcome(bid.nonce, "won", job_id)
+        self.metrics.bids.labels(outcome="won").inc()
+        log.info("joined collab job %s as participant %d", job_id, msg.index)
+        assert self._nursery is not None
+        self._nursery.start_soon(part.run)
+        return True, "ok"
+
+    async def on_collab(self, payload: bytes, peer: Any) -> bytes:
+        """Round messages pushed by a collab job's requester."""
+        try:
+            job_id = str(json.loads(payload).get("job_id", "")).lower()
+        except (ValueError, AttributeError, UnicodeDecodeError):
+            return Ack(ok=False, reason="not a JSON object").encode()
+        part = self.collab.get(job_id)
+        if part is None:
+            return Ack(ok=False, reason="unknown job").encode()
+        return part.take(payload).encode()
 
     async def claim(self, job_id: str, *, index: int | None = None) -> tuple[bool, str]:
         """Take job `job_id` if the chain shows one of our pending bids assigned in it."""
@@ -679,11 +728,13 @@ class Agent:
 
     async def fetch_blob(self, row: JobRow, blob: str, limit: int) -> bytes:
         """A blob of `row`'s job from its requester (see protocol.fetch_blob: capped, sha256-checked)."""
-        async def request(payload: bytes) -> bytes:
-            return await self.request_peer(row.requester_addrs, row.requester_peer, BLOB_PROTOCOL, payload,
-                                           timeout=REQUEST_TIMEOUT_S)
+        return await self.fetch_blob_from(row.requester_addrs, row.requester_peer, row.job_id, blob, limit)
 
-        return await fetch_blob(request, job_id=row.job_id, blob=blob, limit=limit)
+    async def fetch_blob_from(self, addrs: list[str], peer: str, job_id: str, blob: str, limit: int) -> bytes:
+        async def request(payload: bytes) -> bytes:
+            return await self.request_peer(addrs, peer, BLOB_PROTOCOL, payload, timeout=REQUEST_TIMEOUT_S)
+
+        return await fetch_blob(request, job_id=job_id, blob=blob, limit=limit)
 
     async def on_blob_request(self, payload: bytes, peer: Any) -> bytes:
         """Serve a job's outputs to that job's requester peer only."""
@@ -692,6 +743,13 @@ class Agent:
         except ProtocolError as err:
             self.metrics.rejected.labels(reason=err.reason).inc()
             return blob_reply_err(str(err))
+        part = self.collab.get(req.job_id.lower())
+        if part is not None:
+            try:
+                data = part.serve_blob(str(peer), req.blob)
+            except AgoraError as err:
+                return blob_reply_err(str(err))
+            return blob_reply_ok(len(data), data[req.offset:req.offset + req.length])
         row = self.store.job(req.job_id.lower())
         if row is None or str(peer) != row.requester_peer:
             return blob_reply_err("not a party of this job")

@@ -18,7 +18,7 @@ from marketplace.errors import ConfigError
 from marketplace.protocol import KINDS
 from marketplace.types import to_wei
 
-Kind = Literal["inference", "train", "finetune", "evaluate"]
+Kind = Literal["inference", "train", "finetune", "evaluate", "collab"]
 
 
 def _tokens(value: Any, what: str) -> str:
@@ -49,6 +49,7 @@ class NodeConfig(BaseModel):
     capacity: int = Field(default=1, ge=1, le=1024)  # concurrent jobs
     min_window: int = Field(default=0, ge=0)  # shortest reveal/challenge window accepted, seconds
     counter_offers: bool = True  # bid our own price even above the announcement's max (the requester learns why)
+    collab_verify: bool = True  # recompute each collab round's aggregate from the accepted updates before going on
     stake: str = "100"  # registered with on start when the account is not yet a provider
     ops_port: int = Field(default=0, ge=-1, le=65535)  # 0 = random, -1 = off
     auto_withdraw: str | None = None  # withdraw earnings once the market balance reaches this many tokens
@@ -191,8 +192,8 @@ account: null
 listen: /ip4/127.0.0.1/tcp/0
 # Bootstrap peers, full multiaddrs with /p2p/<peer id> (also env AGORA_BOOTSTRAP, comma separated).
 bootstrap: []
-# Job kinds to bid on: any of inference, train, finetune, evaluate.
-kinds: [inference, train, finetune, evaluate]
+# Job kinds to bid on: any of inference, train, finetune, evaluate, collab (rounds of collaborative training).
+kinds: [inference, train, finetune, evaluate, collab]
 # auto = cuda when torch sees a GPU, else cpu. Decides which job topics the node listens to.
 device: auto
 # Price asked per job, per kind. Announcements whose max_price is lower are declined.
@@ -201,6 +202,7 @@ prices:
   train: "5"
   finetune: "5"
   evaluate: "1"
+  collab: "1"  # per accepted round of a collaborative training job
 # Collateral locked from the stake for each job (slashed if the node fails it).
 collateral: "10"
 # Jobs run at the same time.
@@ -210,6 +212,9 @@ min_window: 0
 # When our price is above a job's max price but everything else fits, still bid our price as a counter-offer:
 # the requester then sees "ask more than max price (...)" instead of silence (false = decline silently).
 counter_offers: true
+# Collaborative training: recompute every round's aggregate from the accepted updates (costs downloading them)
+# and stop working for a coordinator whose aggregate does not match.
+collab_verify: true
 # Stake registered on start when this account is not yet a provider (approved automatically).
 stake: "100"
 # Operations HTTP on 127.0.0.1: 0 = a random free port, -1 = off.

@@ -188,6 +188,11 @@ class NodeStore(SqliteStore):
                            "ORDER BY created", (spec_hash.lower(),))
         return [self._bid(r) for r in rows]
 
+    def bids_for(self, ann_id: str) -> list[BidRow]:
+        """This node's bids on announcement `ann_id` (any outcome), oldest first."""
+        rows = self._query("SELECT * FROM bids WHERE ann_id = ? ORDER BY created", (ann_id.lower(),))
+        return [self._bid(r) for r in rows]
+
     def expire_bids(self, chain_now: int) -> int:
         """Mark pending bids whose expiry has passed as lost; returns how many."""
         with self._tx() as db:

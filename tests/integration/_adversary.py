@@ -10,12 +10,17 @@ command line). MODE is one of
   (RevealMsg to the requester, then Market.reveal by itself): the copy does not open with its own address,
   result and salt, so the requester refuses it and the chain reverts the reveal.
 
-Only these two Agent methods are wrapped; everything else (bidding, fetching, sandbox, fallbacks) is the
+- `poison-update`: in collaborative training, every update the node sends is the honest one pushed 1000 times
+  further from the global model (global + 1000 x (trained - global)): a model-poisoning participant. The
+  coordinator must reject it (norm bound) and not pay for it.
+
+Only these Agent / training functions are wrapped; everything else (bidding, fetching, sandbox, fallbacks) is the
 product's code, so the test exercises the market's defences against a real node process.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import sys
@@ -67,7 +72,29 @@ def patch_copy_commitment() -> None:
     Agent._settle_replicated = settle  # type: ignore[method-assign]
 
 
-PATCHES = {"wrong-result": patch_wrong_result, "copy-commitment": patch_copy_commitment}
+def patch_poison_update() -> None:
+    """Scale each collab update's distance from the global model by 1000 (re-encoded, so its blob id is honest)."""
+    import node.collab as collab
+    from marketplace.blobs import blob_id_of
+    from marketplace.collab.aggregate import encode
+    from marketplace.tensors import load_tensors
+
+    original = collab.train_round
+
+    def train_round(sandbox: Any, spec: Any, global_blob: str, shard: dict, out_dir: Any) -> Any:
+        upd = original(sandbox, spec, global_blob, shard, out_dir)
+        start = load_tensors(sandbox.store.get_bytes(global_blob))
+        trained = load_tensors(upd.blob_bytes)
+        poisoned = {k: (start[k] + 1000.0 * (v - start[k])).astype(v.dtype) for k, v in trained.items()}
+        data = encode(poisoned)
+        log.warning("ADVERSARY poison-update: round update %s replaced by a x1000 one", upd.blob_id[:19])
+        return dataclasses.replace(upd, blob_bytes=data, blob_id=blob_id_of(data))
+
+    collab.train_round = train_round  # type: ignore[assignment]
+
+
+PATCHES = {"wrong-result": patch_wrong_result, "copy-commitment": patch_copy_commitment,
+           "poison-update": patch_poison_update}
 
 
 def main() -> None:

@@ -221,17 +221,20 @@ class MarketNet:
         self.procs.append(self.boot)
         self.bootstrap = self.boot.ready["addrs"][0]
 
-    def node_config(self, name: str, price: str) -> Path:
+    def node_config(self, name: str, price: str, prices: dict[str, str] | None = None) -> Path:
+        """`prices`: kind -> price for every kind served [default: inference only, at `price`]."""
+        prices = prices or {"inference": price}
         cfg = self.tmp / f"{name}.yaml"
-        cfg.write_text(json.dumps({"account": name, "bootstrap": [self.bootstrap], "kinds": ["inference"],
-                                   "device": "cpu", "prices": {"inference": price}, "collateral": COLLATERAL,
+        cfg.write_text(json.dumps({"account": name, "bootstrap": [self.bootstrap], "kinds": sorted(prices),
+                                   "device": "cpu", "prices": prices, "collateral": COLLATERAL,
                                    "stake": STAKE, "capacity": 2, "ops_port": 0, "estimate_base_s": 5,
                                    "settle_margin_s": SETTLE_MARGIN_S}))
         return cfg
 
-    def node(self, name: str, price: str, *, adversary: str | None = None) -> NodeProc:
+    def node(self, name: str, price: str, *, adversary: str | None = None,
+             prices: dict[str, str] | None = None) -> NodeProc:
         """A node process object (not started) for account `name`; `adversary` runs _adversary.py instead."""
-        cfg = self.node_config(name, price)
+        cfg = self.node_config(name, price, prices)
         args = ["node", "run", "--config", str(cfg), "--log-format", "json", "--json"]
         if adversary:
             argv = [sys.executable, str(Path(__file__).with_name("_adversary.py")), adversary, *args]

@@ -1,0 +1,335 @@
+"""The CollabMarket contract from Python: open, settle, claim, close, withdraw, and the EIP-712 receipts.
+
+A requester signs, after each round, a cumulative `Receipt(jobId, provider, count)` for every provider
+accepted so far (`sign_receipt`); it settles once at the end (`CollabChain.settle`). A provider keeps only its
+latest receipt and claims with it when the settlement paid it less, or when the requester vanished (`claim`).
+Like `marketplace.market.Market`, every transaction is simulated first, so a call that would revert raises the
+decoded project error and sends nothing.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from eth_abi import decode as abi_decode
+from eth_abi import encode as abi_encode
+from eth_account import Account
+from eth_account.messages import _hash_eip191_message, encode_typed_data
+from eth_utils import function_signature_to_4byte_selector, keccak, to_checksum_address
+from web3 import Web3
+from web3.contract import Contract
+from web3.exceptions import ContractLogicError, Web3RPCError
+
+from marketplace.artifacts import load_artifact
+from marketplace.client import ChainClient, TxResult
+from marketplace.errors import AgoraError, DeploymentError, InsufficientFundsError, TransactionRevertedError
+from marketplace.revert import DecodedError, revert_data_of
+from marketplace.types import b32, from_wei
+
+CONTRACT_NAME = "CollabMarket"
+DOMAIN_NAME = "AgoraCollab"
+DOMAIN_VERSION = "1"
+RECEIPT_TYPES: dict[str, list[dict[str, str]]] = {
+    "Receipt": [{"name": "jobId", "type": "bytes32"}, {"name": "provider", "type": "address"},
+                {"name": "count", "type": "uint32"}]
+}
+#: CollabPhase in contracts/interfaces/ICollabMarket.sol, by value, spelled as in Solidity.
+PHASES: tuple[str, ...] = ("None", "Open", "Settled", "Closed")
+
+Signature = tuple[int, bytes, bytes]
+
+
+# ------------------------------------------------------------------ ids and receipts (no chain needed)
+
+def job_id_for(requester: str, salt: bytes) -> bytes:
+    """keccak256(abi.encode(requester, salt)): the id openCollab will give, known before sending, so a
+    requester that crashed mid-open can look its job up instead of opening (and paying for) another."""
+    return keccak(abi_encode(["address", "bytes32"], [to_checksum_address(requester), b32(salt)]))
+
+
+def collab_domain(chain_id: int, contract: str) -> dict[str, Any]:
+    """The EIP-712 domain of receipts: binds them to one chain and one CollabMarket."""
+    return {"name": DOMAIN_NAME, "version": DOMAIN_VERSION, "chainId": chain_id,
+            "verifyingContract": to_checksum_address(contract)}
+
+
+def _receipt_message(job_id: bytes, provider: str, count: int) -> dict[str, Any]:
+    return {"jobId": b32(job_id), "provider": to_checksum_address(provider), "count": int(count)}
+
+
+def receipt_digest(chain_id: int, contract: str, job_id: bytes, provider: str, count: int) -> bytes:
+    """The 32-byte digest the requester signs (equal to the contract's `receiptDigest`)."""
+    signable = encode_typed_data(collab_domain(chain_id, contract), RECEIPT_TYPES,
+                                 _receipt_message(job_id, provider, count))
+    return bytes(_hash_eip191_message(signable))
+
+
+def sign_receipt(account: Any, chain_id: int, contract: str, job_id: bytes, provider: str,
+                 count: int) -> Signature:
+    """(v, r, s) of the requester's `account` (LocalAccount or key) over Receipt(job_id, provider, count)."""
+    key = getattr(account, "key", account)
+    signed = Account.sign_typed_data(key, collab_domain(chain_id, contract), RECEIPT_TYPES,
+                                     _receipt_message(job_id, provider, count))
+    return signed.v, signed.r.to_bytes(32, "big"), signed.s.to_bytes(32, "big")
+
+
+def recover_receipt_signer(chain_id: int, contract: str, job_id: bytes, provider: str, count: int,
+                           signature: Signature) -> str:
+    """Who signed `signature` over this receipt (the job's requester, if genuine): a provider checks each
+    receipt it gets before counting on it."""
+    v, r, s = signature
+    digest = receipt_digest(chain_id, contract, job_id, provider, count)
+    return str(Account._recover_hash(digest, vrs=(v, int.from_bytes(r, "big"), int.from_bytes(s, "big"))))
+
+
+# ------------------------------------------------------------------ views
+
+@dataclass(frozen=True)
+class CollabJobView:
+    """One job as the chain sees it. `phase` is "None" (never opened), "Open", "Settled" or "Closed";
+    providers, prices and counts are index-aligned (counts: contributions credited so far)."""
+
+    job_id: bytes
+    requester: str
+    spec_hash: bytes
+    rounds: int
+    deadline: int
+    claim_window: int
+    claim_end: int
+    phase: str
+    escrow: int
+    paid: int
+    model_hash: bytes
+    providers: tuple[str, ...]
+    prices: tuple[int, ...]
+    counts: tuple[int, ...]
+
+    @property
+    def exists(self) -> bool:
+        return self.phase != "None"
+
+    @property
+    def unspent(self) -> int:
+        """Escrow not (yet) credited to providers: what `close` refunds."""
+        return self.escrow - self.paid
+
+    @property
+    def claims_end(self) -> int:
+        """Last second a claim is accepted: claim_end once settled, else deadline + claim_window."""
+        return self.claim_end if self.phase == "Settled" else self.deadline + self.claim_window
+
+    def index_of(self, provider: str) -> int:
+        """Seat of `provider`; raises AgoraError when it is not a participant."""
+        who = to_checksum_address(provider)
+        try:
+            return self.providers.index(who)
+        except ValueError:
+            raise AgoraError(f"{who} is not a participant of collab job {Web3.to_hex(self.job_id)}") from None
+
+
+# ------------------------------------------------------------------ revert decoding
+
+@functools.cache
+def _collab_errors() -> dict[bytes, tuple[str, list[str], list[str]]]:
+    table: dict[bytes, tuple[str, list[str], list[str]]] = {}
+    for item in load_artifact(CONTRACT_NAME)["abi"]:
+        if item.get("type") == "error":
+            types = [i["type"] for i in item["inputs"]]  # CollabMarket's errors have no tuple arguments
+            selector = function_signature_to_4byte_selector(f"{item['name']}({','.join(types)})")
+            table[selector] = (item["name"], types, [i["name"] for i in item["inputs"]])
+    return table
+
+
+def decode_collab_revert(data: Any) -> DecodedError | None:
+    """Decode CollabMarket's custom errors (the shared marketplace.revert table knows only the market's)."""
+    if isinstance(data, str) and data.startswith("0x"):
+        try:
+            data = bytes.fromhex(data[2:])
+        except ValueError:
+            return None
+    if not isinstance(data, (bytes, bytearray)) or len(data) < 4:
+        return None
+    entry = _collab_errors().get(bytes(data[:4]))
+    if entry is None:
+        return None
+    name, types, names = entry
+    try:
+        values = abi_decode(types, bytes(data[4:]))
+    except Exception:  # malformed payload: the name alone still says what went wrong
+        return DecodedError(name, {})
+    return DecodedError(name, {n.rstrip("_"): (to_checksum_address(v) if t == "address" else v)
+                               for n, t, v in zip(names, types, values)})
+
+
+def collab_error(decoded: DecodedError, *, action: str, tx_hash: str | None = None) -> AgoraError:
+    """One-line project error for a decoded CollabMarket revert; money shortfalls carry both amounts."""
+    a, name = decoded.args, decoded.name
+    if name == "CollabInsufficientAllowance":
+        return InsufficientFundsError(
+            f"{action}: insufficient allowance: {a['owner']} allows {from_wei(a['allowance'])} AGORA to the "
+            f"collab market, needs {from_wei(a['needed'])} AGORA", error_name=name, args=a)
+    if name == "CollabInsufficientBalance":
+        return InsufficientFundsError(
+            f"{action}: insufficient token balance: {a['owner']} has {from_wei(a['balance'])} AGORA, "
+            f"needs {from_wei(a['needed'])} AGORA", error_name=name, args=a)
+    if name == "CollabInsufficientWithdrawable":
+        return InsufficientFundsError(
+            f"{action}: insufficient collab balance: {a['account']} has {from_wei(a['available'])} AGORA, "
+            f"asked for {from_wei(a['requested'])} AGORA", error_name=name, args=a)
+    return TransactionRevertedError(f"{action} reverted: {decoded}", error_name=name, args=a, tx_hash=tx_hash)
+
+
+_REVERTS: tuple[type[BaseException], ...] = (ContractLogicError, Web3RPCError, ValueError)
+
+
+# ------------------------------------------------------------------ the contract
+
+class CollabChain:
+    """CollabMarket of one deployment, seen by `client`'s account (None: views only).
+
+    Raises DeploymentError when the deployment predates CollabMarket.
+    """
+
+    def __init__(self, client: ChainClient) -> None:
+        address = client.deployment.collab
+        if not address:
+            cid = client.deployment.chain_id
+            raise DeploymentError(f"this deployment (chain {cid}) has no CollabMarket; "
+                                  "redeploy with `agora deploy`")
+        self.client = client
+        self.contract: Contract = client.w3.eth.contract(address=Web3.to_checksum_address(address),
+                                                         abi=load_artifact(CONTRACT_NAME)["abi"])
+
+    @property
+    def address(self) -> str:
+        """The CollabMarket's address (the receipts' verifyingContract)."""
+        return str(self.contract.address)
+
+    @property
+    def chain_id(self) -> int:
+        return self.client.chain_id
+
+    # ------------------------------------------------------------ views
+    def job_id_for(self, requester: str, salt: bytes) -> bytes:
+        return job_id_for(requester, salt)
+
+    def job(self, job_id: bytes | str) -> CollabJobView:
+        """The job's state; phase "None" for an id never opened (no revert)."""
+        jid = b32(job_id)
+        fns = self.contract.functions
+        j = self.client.call(fns.job(jid), action="read collab job")
+        providers, prices, counts = self.client.call(fns.participants(jid), action="read collab participants")
+        (requester, spec_hash, rounds, deadline, claim_window, claim_end, phase, escrow, paid, model_hash,
+         _size) = j
+        return CollabJobView(job_id=jid, requester=to_checksum_address(requester), spec_hash=bytes(spec_hash),
+                             rounds=int(rounds), deadline=int(deadline), claim_window=int(claim_window),
+                             claim_end=int(claim_end), phase=PHASES[int(phase)], escrow=int(escrow),
+                             paid=int(paid), model_hash=bytes(model_hash),
+                             providers=tuple(to_checksum_address(p) for p in providers),
+                             prices=tuple(int(p) for p in prices), counts=tuple(int(c) for c in counts))
+
+    def balance(self, owner: str) -> int:
+        """Withdrawable balance of `owner` in the collab market (earnings and refunds)."""
+        return int(self.client.call(self.contract.functions.balanceOf(to_checksum_address(owner)),
+                                    action="read collab balance"))
+
+    def receipt_digest(self, job_id: bytes, provider: str, count: int) -> bytes:
+        return receipt_digest(self.chain_id, self.address, job_id, provider, count)
+
+    def sign_receipt(self, job_id: bytes, provider: str, count: int) -> Signature:
+        """This (requester) account's receipt for `provider`: `count` accepted contributions so far."""
+        return sign_receipt(self.client.account, self.chain_id, self.address, job_id, provider, count)
+
+    def recover_receipt_signer(self, job_id: bytes, provider: str, count: int, signature: Signature) -> str:
+        return recover_receipt_signer(self.chain_id, self.address, job_id, provider, count, signature)
+
+    # ------------------------------------------------------------ requester
+    def open(self, spec_hash: bytes, salt: bytes, rounds: int, deadline: int, claim_window: int,
+             providers: Sequence[str], prices: Sequence[int], *,
+             approve: bool = True) -> tuple[bytes, TxResult]:
+        """Open a job and lock sum(prices) * rounds; returns (job id, receipt).
+
+        With `approve` (default) the collab market's token allowance is raised to the escrow first if lower.
+        Raises InsufficientFundsError (token balance or allowance short, with both amounts) before anything is
+        sent, TransactionRevertedError for bad terms (e.g. CollabDuplicateProvider, CollabJobExists).
+        """
+        escrow = sum(int(p) for p in prices) * int(rounds)
+        seats = [to_checksum_address(p) for p in providers]
+        fn = self.contract.functions.openCollab(b32(spec_hash), b32(salt), int(rounds), int(deadline),
+                                                int(claim_window), seats, [int(p) for p in prices])
+        if escrow > 0 and approve:
+            self._ensure_allowance(fn, escrow)
+        result = self._send(fn, "open collab job")
+        return job_id_for(self.client.address, salt), result
+
+    def settle(self, job_id: bytes, model_hash: bytes, counts: Sequence[int]) -> TxResult:
+        """Requester: credit every provider counts[i] * prices[i] (less earlier claims); once per job."""
+        fn = self.contract.functions.settle(b32(job_id), b32(model_hash), [int(c) for c in counts])
+        return self._send(fn, "settle collab job")
+
+    # ------------------------------------------------------------ providers, anyone
+    def claim(self, job_id: bytes, index: int, count: int, sig: Signature) -> TxResult:
+        """Credit providers[index] for a requester-signed receipt above its recorded count (any sender)."""
+        v, r, s = sig
+        fn = self.contract.functions.claim(b32(job_id), int(index), int(count), int(v), b32(r), b32(s))
+        return self._send(fn, "claim contribution")
+
+    def close(self, job_id: bytes) -> TxResult:
+        """Refund the unspent escrow to the requester once claims are over (any sender)."""
+        return self._send(self.contract.functions.close(b32(job_id)), "close collab job")
+
+    def withdraw(self, amount: int | None = None) -> TxResult:
+        """Withdraw `amount` (default: everything) of this account's collab balance as tokens."""
+        if amount is None:
+            amount = self.balance(self.client.address)
+            if amount == 0:
+                raise InsufficientFundsError(
+                    f"withdraw: {self.client.address} has nothing to withdraw from the collab market")
+        return self._send(self.contract.functions.withdraw(int(amount)), "withdraw from collab market")
+
+    # ------------------------------------------------------------ internals
+    def _ensure_allowance(self, open_fn: Any, amount: int) -> None:
+        """Approve the escrow when the allowance is short, but only for an open that can succeed: the tokens
+        must be there, and simulating the open must fail for the allowance alone (the contract checks every
+        term before pulling), so bad terms raise their own error and send no approval either."""
+        owner = self.client.address
+        token = self.client.token.functions
+        if int(token.allowance(owner, self.address).call()) >= amount:
+            return
+        have = int(token.balanceOf(owner).call())
+        if have < amount:
+            raise InsufficientFundsError(
+                f"open collab job: insufficient token balance: {owner} has {from_wei(have)} AGORA, "
+                f"needs {from_wei(amount)} AGORA", error_name="CollabInsufficientBalance",
+                args={"owner": owner, "balance": have, "needed": amount})
+        refusal = self._refusal(open_fn, "open collab job")
+        if refusal is not None and getattr(refusal, "error_name", None) != "CollabInsufficientAllowance":
+            raise refusal
+        self.client.transact(token.approve(self.address, amount), action="approve collab market")
+
+    def _send(self, fn: Any, action: str) -> TxResult:
+        """client.transact, with CollabMarket's custom errors decoded when the shared table does not know them
+        (the failed call is simulated once more to get its revert data)."""
+        try:
+            return self.client.transact(fn, action=action)
+        except TransactionRevertedError as err:
+            if err.error_name is not None:
+                raise
+            raise self._explain(fn, action, err) from None
+
+    def _explain(self, fn: Any, action: str, original: TransactionRevertedError) -> AgoraError:
+        return self._refusal(fn, action, tx_hash=original.tx_hash) or original
+
+    def _refusal(self, fn: Any, action: str, *, tx_hash: str | None = None) -> AgoraError | None:
+        """The decoded error `fn` reverts with when simulated now; None if it would succeed or the revert is
+        not one of CollabMarket's."""
+        try:
+            fn.call({"from": self.client.address})
+        except _REVERTS as exc:
+            decoded = decode_collab_revert(revert_data_of(exc))
+            if decoded is not None:
+                return collab_error(decoded, action=action, tx_hash=tx_hash)
+        return None

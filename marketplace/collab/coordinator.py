@@ -1,0 +1,457 @@
+"""The requester's side of collaborative training: choose m providers, open the job, run the rounds, settle once.
+
+One `CollabCoordinator` runs one collab job over a `Requester` (its host, bid collection and ranking):
+1. announce (kind "collab", replicas m, max price per accepted contribution) and rank bids like any job;
+2. split the training set into m shards; open the job on `CollabMarket` (escrow = sum(prices) x rounds);
+   tell each participant its index and shard (`CollabAssigned`);
+3. round r: publish `RoundMsg(r, global model, deadline)` on the job topic and push it to each participant;
+   collect `UpdateMsg`s until every live participant answered or the deadline passed; fetch each update blob from
+   its provider (sha256-checked), check it (names, shapes, dtype, finite, norm), aggregate the accepted ones
+   deterministically (float64, sorted by address) into the next global model; count each accepted contribution
+   and sign the cumulative receipts;
+4. after the last round, announce `done` with the final receipts and `settle(jobId, modelHash, counts)` on chain:
+   one transaction pays every contribution.
+
+Nothing here trusts a participant: an update that is late, malformed or out of bounds is left out of its round and
+not paid. A participant that missed a round is still sent every round but no longer waited for, so a dead provider
+costs one round deadline, not one per round.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import trio
+from eth_utils import to_checksum_address
+
+from marketplace import protocol as P
+from marketplace.collab.aggregate import aggregate, check_update, encode
+from marketplace.collab.chain import CollabChain, sign_receipt
+from marketplace.collab.protocol import (
+    COLLAB_PROTOCOL,
+    MAX_COLLAB_BYTES,
+    CollabAssigned,
+    Contribution,
+    Receipt,
+    Rejection,
+    RoundMsg,
+    Shard,
+    UpdateMsg,
+    collab_topic,
+    decode_update,
+)
+from marketplace.collab.spec import CollabSpec, make_shards
+from marketplace.errors import AgoraError, InsufficientFundsError
+from marketplace.p2p import P2PError
+from marketplace.requester.engine import Requester, _info
+from marketplace.tensors import load_tensors
+from marketplace.types import from_wei
+
+log = logging.getLogger("agora.collab")
+
+ASSIGN_TIMEOUT_S = 10.0
+PUSH_TIMEOUT_S = 5.0
+FETCH_TIMEOUT_S = 30.0
+DEADLINE_SLACK_S = 120  # on top of rounds x round_seconds: set-up, settlement
+DEFAULT_CLAIM_WINDOW_S = 600
+LINGER_S = 20.0  # after the job: how long participants get to fetch the last round's updates
+
+
+class CollabError(AgoraError):
+    """A collaborative job could not start or finish."""
+
+
+@dataclass
+class Participant:
+    index: int
+    provider: str
+    peer: str
+    price: int
+    shard: dict[str, Any]
+    count: int = 0  # accepted contributions so far
+    waiting: bool = True  # waited for each round; false after a missed round, until it delivers again
+    missed: list[int] = field(default_factory=list)
+    rejected: list[int] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["price"] = str(self.price)
+        d["paid"] = str(self.count * self.price)
+        return d
+
+
+@dataclass
+class RoundRecord:
+    round: int
+    model: str  # the global model the round started from
+    aggregate: str = ""  # the model it produced
+    accepted: list[dict[str, Any]] = field(default_factory=list)
+    rejected: list[dict[str, Any]] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    wall_s: float = 0.0
+    wait_s: float = 0.0  # from the round message to the last update (or the deadline)
+    aggregate_s: float = 0.0
+    compute_s: dict[str, float] = field(default_factory=dict)  # as reported by each participant
+    bytes_in: int = 0  # update blobs fetched by the coordinator
+    bytes_out: int = 0  # blobs served to participants during the round (models, updates to verify)
+
+
+class CollabCoordinator:
+    """Runs one collaborative training job for `spec` over `req`; see the module docstring."""
+
+    def __init__(self, req: Requester, spec: CollabSpec, chain: CollabChain, *, out_dir: Path,
+                 progress: Callable[[str], None] | None = None) -> None:
+        self.req = req
+        self.spec = spec
+        self.chain = chain
+        self.out_dir = Path(out_dir)
+        self.progress = progress or (lambda msg: log.info("%s", msg))
+        self.spec_json = spec.canonical_json()
+        self.spec_hash = "0x" + spec.spec_hash().hex()
+        self.job_id = ""
+        self.participants: list[Participant] = []
+        self.rounds: list[RoundRecord] = []
+        self.model = str(spec.model.weights)
+        self.global_w: dict[str, np.ndarray] = {}
+        self.servable: set[str] = set()
+        self.shards_of: dict[str, set[str]] = {}  # peer -> the shard blobs it may fetch
+        self.round = 0
+        self.inbox: dict[str, UpdateMsg] = {}  # provider (lower) -> its update for the current round
+        self.arrived = trio.Event()
+        self.bytes_served = 0
+        self.receipts: dict[str, Receipt] = {}
+        self.requested: dict[str, set[str]] = {}  # peer -> blobs it asked for (verification downloads)
+        self.timings: dict[str, float] = {}
+        self.gas: dict[str, int] = {}
+
+    # ------------------------------------------------------------------ served to participants
+    def serve_blob(self, peer: str, blob: str) -> bytes:
+        if not any(p.peer == peer for p in self.participants):
+            raise AgoraError("not a participant of this job")
+        self.requested.setdefault(peer, set()).add(blob)
+        if blob.startswith("spec:"):
+            if blob[5:] != self.spec_hash:
+                raise AgoraError("not this job's spec")
+            data = self.spec_json
+        elif blob in self.servable or blob in self.shards_of.get(peer, set()):
+            data = self.req.blobs.get_bytes(blob)
+        else:
+            raise AgoraError("not a blob of this job")
+        return data
+
+    def served(self, n: int) -> None:
+        """Bytes of one blob chunk sent to a participant (the communication volume of a round)."""
+        self.bytes_served += n
+
+    async def on_message(self, payload: bytes, peer: str) -> bytes:
+        by_address = {p.provider.lower(): p.index for p in self.participants}
+        try:
+            msg = decode_update(payload, by_address, self.job_id)
+        except P.ProtocolError as err:
+            return P.Ack(ok=False, reason=str(err)[:500]).encode()
+        return self._take_update(msg).encode()
+
+    def _take_update(self, msg: UpdateMsg) -> P.Ack:
+        if msg.round != self.round:
+            return P.Ack(ok=False, reason=f"round {msg.round} is not the current round {self.round}")
+        key = msg.provider.lower()
+        if key in self.inbox:
+            same = self.inbox[key].update == msg.update
+            return P.Ack(ok=same, reason="" if same else "a different update for this round was already sent")
+        self.inbox[key] = msg
+        self.arrived.set()
+        return P.Ack(ok=True)
+
+    async def _gossip_updates(self, sub: Any) -> None:
+        """Updates heard on the job topic count too (a participant whose direct push failed)."""
+        by_address = {p.provider.lower(): p.index for p in self.participants}
+        async for m in sub:
+            try:
+                msg = decode_update(m.data, by_address, self.job_id)
+            except P.ProtocolError:
+                continue
+            self._take_update(msg)
+
+    # ------------------------------------------------------------------ run
+    async def run(self, *, max_price: int, bid_window: float = 3.0, approve: bool = False, peer_wait: float = 5.0,
+                  claim_window: int = DEFAULT_CLAIM_WINDOW_S,
+                  on_opened: Callable[[str], None] | None = None) -> dict[str, Any]:
+        """The whole job; returns the report (also written to `out_dir/collab.json`). Raises
+        NoAcceptableBidsError before anything is sent to the chain, CollabError, InsufficientFundsError."""
+        spec, req = self.spec, self.req
+        t0 = time.time()
+        m, rounds = spec.participants, spec.rounds
+        for blob in (spec.data.inputs, spec.data.labels, self.model):
+            if not req.blobs.has(blob):
+                raise CollabError(f"the spec needs blob {blob}, which is not in the store {req.blobs.root}")
+        need = max_price * m * rounds
+        have = await req._read(req.market.token_balance, req.address)
+        if have < need:
+            raise InsufficientFundsError(f"the job escrows up to {from_wei(need)} AGORA (max price x participants x "
+                                         f"rounds); the account holds {from_wei(have)}")
+        self.global_w = load_tensors(req.blobs.get_bytes(self.model), what="initial weights")
+        run_s = int(rounds * spec.checks.round_seconds) + DEADLINE_SLACK_S
+        input_bytes = sum(req.blobs.path(b).stat().st_size for b in (spec.data.inputs, spec.data.labels))
+        pending, explanation, chosen = await req.choose(
+            spec_hash=self.spec_hash, spec_json=self.spec_json, kind="collab", device=spec.device.type, k=m,
+            max_price=max_price, min_collateral=0, run_seconds=run_s, window=claim_window,
+            input_bytes=input_bytes // m + req.blobs.path(self.model).stat().st_size, bid_window=bid_window,
+            grace=0.05, peer_wait=peer_wait, out_dir=self.out_dir)
+        self.timings["bids_s"] = round(time.time() - t0, 3)
+        self.progress(explanation.summary)
+        shards = await trio.to_thread.run_sync(make_shards, spec, req.blobs, m)
+        for i, r in enumerate(chosen):
+            assert r.signed is not None
+            self.participants.append(Participant(index=i, provider=r.signed.bid.provider, peer=r.peer,
+                                                 price=r.signed.bid.price, shard=dict(shards[i])))
+            self.shards_of[r.peer] = {shards[i]["inputs"], shards[i]["labels"]}
+        self.servable.add(self.model)
+        await self._open(pending.ann.ann_id, run_s, claim_window)
+        if on_opened is not None:
+            on_opened(self.job_id)
+        req.extensions[self.job_id] = self
+        topic = collab_topic(self.job_id)
+        sub = await req.node.gossip.subscribe(topic)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._gossip_updates, sub)
+                await self._assign(pending.ann.ann_id)
+                await req.node.gossip.wait_for_topic_peers(topic, 1, timeout=peer_wait)
+                for r in range(1, rounds + 1):
+                    await self._round(r, topic)
+                await self._announce(RoundMsg(job_id=self.job_id, round=rounds + 1, model=self.model, deadline_ms=0,
+                                              done=True, **self._outcome_fields()), topic)
+                nursery.cancel_scope.cancel()
+            await self._settle()
+            await self._linger()
+        finally:
+            req.extensions.pop(self.job_id, None)
+        self.timings["total_s"] = round(time.time() - t0, 3)
+        return self._report(explanation)
+
+    async def _open(self, ann_id: str, run_s: int, claim_window: int) -> None:
+        req = self.req
+        salt = os.urandom(32)
+        now = await req._read(req.chain_now)
+        deadline = now + run_s
+        t = time.time()
+        job_id, tx = await req._send(self.chain.open, bytes.fromhex(self.spec_hash[2:]), salt, self.spec.rounds,
+                                     deadline, claim_window, [p.provider for p in self.participants],
+                                     [p.price for p in self.participants])
+        self.job_id = "0x" + bytes(job_id).hex()
+        self.gas["open"] = tx.gas_used
+        self.timings["open_s"] = round(time.time() - t, 3)
+        req.store.update_job(ann_id, state="collab", error=None)
+        req.store.merge_json(ann_id, "gas", {"open": tx.gas_used})
+        self.progress(f"opened collab job {self.job_id} (gas {tx.gas_used:,}): "
+                      + ", ".join(f"{p.provider} at {from_wei(p.price)}/round" for p in self.participants))
+
+    async def _assign(self, ann_id: str) -> None:
+        async def tell(p: Participant) -> None:
+            msg = CollabAssigned(ann=ann_id, job_id=self.job_id, collab=to_checksum_address(self.chain.address),
+                                 index=p.index, shard=Shard(**p.shard))
+            for attempt in range(3):
+                try:
+                    reply = P.decode(await self.req.node.request(_info(p.peer), P.ASSIGN_PROTOCOL, msg.encode(),
+                                                                 timeout=ASSIGN_TIMEOUT_S), P.Ack)
+                    if not reply.ok:
+                        self.progress(f"{p.provider} refused the assignment: {reply.reason}")
+                        p.waiting = False
+                    return
+                except (P2PError, P.ProtocolError) as err:
+                    self.progress(f"assign to {p.provider} (try {attempt + 1}): {err}")
+                    await trio.sleep(1 + attempt)
+            p.waiting = False
+
+        async with trio.open_nursery() as nursery:
+            for p in self.participants:
+                nursery.start_soon(tell, p)
+
+    def _outcome_fields(self) -> dict[str, Any]:
+        last = self.rounds[-1] if self.rounds else None
+        return {"accepted": [Contribution(**a["msg"]) for a in last.accepted] if last else [],
+                "rejected": [Rejection(provider=r["provider"], reason=r["reason"][:300]) for r in last.rejected]
+                if last else [],
+                "receipts": list(self.receipts.values())}
+
+    async def _announce(self, msg: RoundMsg, topic: str) -> None:
+        """Publish on the job topic (auditable by anyone) and push to each participant (gossip may drop it)."""
+        signed = msg.signed(self.req.market.client.account)
+        data = signed.encode()
+        assert len(data) <= MAX_COLLAB_BYTES
+        await self.req.node.gossip.publish(topic, data)
+
+        async def push(p: Participant) -> None:
+            with trio.move_on_after(PUSH_TIMEOUT_S):
+                try:
+                    await self.req.node.request(_info(p.peer), COLLAB_PROTOCOL, data, timeout=PUSH_TIMEOUT_S)
+                except P2PError as err:
+                    log.info("round push to %s failed: %s", p.provider, err)
+
+        async with trio.open_nursery() as nursery:
+            for p in self.participants:
+                nursery.start_soon(push, p)
+
+    async def _round(self, r: int, topic: str) -> None:
+        spec = self.spec
+        t0 = time.time()
+        served0 = self.bytes_served
+        rec = RoundRecord(round=r, model=self.model)
+        self.round, self.inbox = r, {}
+        deadline = t0 + spec.checks.round_seconds
+        await self._announce(RoundMsg(job_id=self.job_id, round=r, model=self.model,
+                                      deadline_ms=int(deadline * 1000), **self._outcome_fields()), topic)
+        # Wait for every participant still counted on (or the deadline); late arrivals of others are welcome.
+        with trio.move_on_at(trio.current_time() + max(0.0, deadline - time.time())):
+            while not all(p.provider.lower() in self.inbox for p in self.participants if p.waiting):
+                self.arrived = trio.Event()
+                await self.arrived.wait()
+        rec.wait_s = round(time.time() - t0, 3)
+        got = dict(self.inbox)  # frozen: anything later is late
+        self.round = 0
+        accepted: list[tuple[str, dict[str, np.ndarray], int, UpdateMsg]] = []
+        results = await self._fetch_all(got, rec)
+        for p in self.participants:
+            key = p.provider.lower()
+            msg = got.get(key)
+            if msg is None:
+                p.missed.append(r)
+                p.waiting = False
+                rec.missing.append(p.provider)
+                continue
+            p.waiting = True
+            rec.compute_s[p.provider] = msg.compute_s
+            weights, problem = results.get(key, (None, "not fetched"))
+            if weights is not None:
+                problem = check_update(self.global_w, weights, max_norm=spec.checks.max_update_norm)
+            if problem is not None or weights is None:
+                p.rejected.append(r)
+                rec.rejected.append({"provider": p.provider, "update": msg.update, "reason": str(problem)})
+                self.progress(f"round {r}: rejected {p.provider}: {problem}")
+                continue
+            accepted.append((p.provider, weights, int(p.shard["n"]), msg))
+        t_agg = time.time()
+        new_w = await trio.to_thread.run_sync(
+            aggregate, self.global_w, [(a, w, n) for a, w, n, _ in accepted], spec.aggregation.rule,
+            spec.aggregation.trim)
+        data = encode(new_w)
+        blob = await trio.to_thread.run_sync(self.req.blobs.put_bytes, data)
+        rec.aggregate_s = round(time.time() - t_agg, 3)
+        for provider, _w, n, msg in accepted:
+            part = next(p for p in self.participants if p.provider == provider)
+            part.count += 1
+            rec.accepted.append({"provider": provider, "update": msg.update, "n": n,
+                                 "msg": {"provider": provider, "update": msg.update, "n": n}})
+            self.servable.add(msg.update)  # participants fetch it to recompute the aggregate
+            v, rr, ss = sign_receipt(self.req.market.client.account, self.chain.chain_id, self.chain.address,
+                                     bytes.fromhex(self.job_id[2:]), provider, part.count)
+            self.receipts[provider.lower()] = Receipt(provider=provider, count=part.count, sig=P.Sig.of(v, rr, ss))
+        self.global_w, self.model = new_w, blob
+        self.servable.add(blob)
+        rec.aggregate = blob
+        rec.wall_s = round(time.time() - t0, 3)
+        rec.bytes_out = self.bytes_served - served0
+        self.rounds.append(rec)
+        self.progress(f"round {r}/{spec.rounds}: {len(accepted)} accepted, {len(rec.rejected)} rejected, "
+                      f"{len(rec.missing)} missing; model {blob[:19]} ({rec.wall_s:.2f} s)")
+
+    async def _fetch_all(self, got: dict[str, UpdateMsg],
+                         rec: RoundRecord) -> dict[str, tuple[dict[str, np.ndarray] | None, str | None]]:
+        limit = 2 * self.req.blobs.path(self.model).stat().st_size + 65536
+        out: dict[str, tuple[dict[str, np.ndarray] | None, str | None]] = {}
+
+        async def one(key: str, msg: UpdateMsg) -> None:
+            part = next(p for p in self.participants if p.provider.lower() == key)
+            try:
+                with trio.fail_after(FETCH_TIMEOUT_S):
+                    data = await self.req._fetch(part.peer, self.job_id, msg.update, limit)
+            except (AgoraError, P2PError, OSError, trio.TooSlowError) as err:
+                out[key] = (None, f"update not fetched: {type(err).__name__}: {err}"[:200])
+                return
+            rec.bytes_in += len(data)
+            try:
+                out[key] = (load_tensors(data, what="update"), None)
+            except AgoraError as err:
+                out[key] = (None, f"malformed: {err}"[:200])
+                return
+            await trio.to_thread.run_sync(self.req.blobs.put_bytes, data)
+
+        async with trio.open_nursery() as nursery:
+            for key, msg in got.items():
+                nursery.start_soon(one, key, msg)
+        return out
+
+    async def _settle(self) -> None:
+        model_hash = bytes.fromhex(self.model[7:])
+        counts = [p.count for p in self.participants]
+        t = time.time()
+        tx = await self.req._send(self.chain.settle, bytes.fromhex(self.job_id[2:]), model_hash, counts)
+        self.gas["settle"] = tx.gas_used
+        self.timings["settle_s"] = round(time.time() - t, 3)
+        paid = sum(p.count * p.price for p in self.participants)
+        self.progress(f"settled collab job {self.job_id[:10]} (gas {tx.gas_used:,}): paid {from_wei(paid)} AGORA "
+                      f"for {sum(counts)} accepted contributions")
+
+    async def _linger(self) -> None:
+        """Serve the last round's updates until every participant that took part has fetched them to recompute
+        the final aggregate (at most LINGER_S): leaving at once would deny them that check."""
+        last = self.rounds[-1] if self.rounds else None
+        if last is None or not self.spec.participants > 1:
+            return
+        updates = {a["update"]: a["provider"] for a in last.accepted}
+
+        def fetched() -> bool:
+            for p in self.participants:
+                if p.provider not in {a["provider"] for a in last.accepted}:
+                    continue
+                want = {u for u, who in updates.items() if who != p.provider}
+                if not want <= self.requested.get(p.peer, set()):
+                    return False
+            return True
+
+        with trio.move_on_after(LINGER_S):
+            while not fetched():
+                await trio.sleep(0.1)
+
+    def _report(self, explanation: Any) -> dict[str, Any]:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        model_path = self.out_dir / "model.safetensors"
+        model_path.write_bytes(self.req.blobs.get_bytes(self.model))
+        per_round = [max(r.bytes_in + r.bytes_out, 0) for r in self.rounds]
+        doc = {"jobId": self.job_id, "specHash": self.spec_hash, "model": self.model,
+               "modelHash": "0x" + self.model[7:], "modelFile": str(model_path),
+               "rule": self.spec.aggregation.rule, "rounds": [asdict(r) for r in self.rounds],
+               "participants": [p.to_json() for p in self.participants],
+               "paid": str(sum(p.count * p.price for p in self.participants)),
+               "escrow": str(sum(p.price for p in self.participants) * self.spec.rounds),
+               "bytesPerRound": round(float(np.mean(per_round)), 1) if per_round else 0.0,
+               "gas": self.gas, "timings": self.timings, "explanation": explanation.to_json()}
+        for r in doc["rounds"]:
+            for a in r["accepted"]:
+                a.pop("msg", None)
+        (self.out_dir / "collab.json").write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+        return doc
+
+
+
+def run_collab_sync(market: Any, spec: CollabSpec, *, store: Any, blobs: Any, key: Any, out_dir: Path,
+                    bootstrap: list[str] = (), listen: str = "/ip4/127.0.0.1/tcp/0",  # type: ignore[assignment]
+                    progress: Callable[[str], None] | None = None, **kwargs: Any) -> dict[str, Any]:
+    """One collaborative job from synchronous code (the CLI): its own host, the whole job, the report."""
+    from marketplace.requester.engine import _run
+
+    async def main() -> dict[str, Any]:
+        async with Requester.open(market, store=store, blobs=blobs, key=key, bootstrap=list(bootstrap),
+                                  listen=listen, progress=progress) as req:
+            coord = CollabCoordinator(req, spec, CollabChain(market.client), out_dir=out_dir, progress=progress)
+            return await coord.run(**kwargs)
+
+    return _run(main)
