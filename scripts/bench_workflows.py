@@ -318,6 +318,10 @@ def main(argv: list[str] | None = None) -> int:
         if "collab" in sections:
             collab = collab_section(net, ms=ms, rounds=args.rounds)
         if "pipeline" in sections:
+            if collab:
+                # the collab section's requester host (same peer id) must be dropped by the nodes' liveness
+                # checks before a new one connects: one connection per peer
+                time.sleep(20)
             pipeline = pipeline_section(net, repeats=args.repeats)
     finally:
         net.close()

@@ -8,6 +8,10 @@ then buys compute with `agora job submit ... --wait`, exactly as a user would:
 - a k = 3 replicated inference job (the three results must agree on chain),
 - a k = 1 training job (the cheapest reputable provider wins),
 - a k = 1 evaluation job,
+- a pipeline (`agora pipeline run examples/pipelines/mlp-train-evaluate.yaml`): train, then evaluate the trained
+  weights, under one budget,
+- a collaborative training job (`agora collab run`, examples/collab/mlp-collab.yaml with the three providers):
+  rounds of federated averaging, paid per accepted round in one settlement,
 
 and the demo prints a settlement table (job, winners, price, gas, latency, outcome), each provider's earnings,
 then stops every process cleanly (SIGTERM) and exits.
@@ -34,11 +38,12 @@ from marketplace.types import from_wei
 
 ROOT = Path(__file__).resolve().parent.parent
 NAMES = ["deployer", "alice", "prov1", "prov2", "prov3"]  # dev accounts 0..4
-PROVIDERS = {  # name -> (price table in tokens, collateral)
-    "prov1": ({"inference": "1.0", "train": "4.0", "evaluate": "1.0", "finetune": "4.0"}, "5"),
-    "prov2": ({"inference": "1.2", "train": "3.0", "evaluate": "1.5", "finetune": "3.0"}, "5"),
-    "prov3": ({"inference": "1.5", "train": "6.0", "evaluate": "0.8", "finetune": "6.0"}, "5"),
+PROVIDERS = {  # name -> (price table in tokens, collateral); collab: per accepted round
+    "prov1": ({"inference": "1.0", "train": "4.0", "evaluate": "1.0", "finetune": "4.0", "collab": "0.2"}, "5"),
+    "prov2": ({"inference": "1.2", "train": "3.0", "evaluate": "1.5", "finetune": "3.0", "collab": "0.3"}, "5"),
+    "prov3": ({"inference": "1.5", "train": "6.0", "evaluate": "0.8", "finetune": "6.0", "collab": "0.25"}, "5"),
 }
+COLLAB_ROUNDS = 5
 JOBS = [  # (label, spec, replicas, max price per replica)
     ("inference k=3", "examples/specs/mlp-inference.yaml", 3, "2"),
     ("train k=1", "examples/specs/mlp-train.yaml", 1, "5"),
@@ -198,13 +203,57 @@ def run_demo(env: dict[str, str], chain: LocalChain, tmp: Path, procs: list[Proc
         say(f"   {out.get('explanation', {}).get('summary', '')}")
         if (out.get("settlement") or {}).get("outcome") != "completed":
             raise SystemExit(f"demo: {label} did not complete: {out.get('error') or out.get('settlement')}")
+    pipeline = run_pipeline(env, tmp, bootstrap, say, quiet)
+    collab = run_collab(env, tmp, bootstrap, say, quiet)
     time.sleep(2)  # let auto-withdraw transactions land
     after = {n: agora(env, "token", "balance", addr[n], quiet=True) for n in NAMES}
+    collab_after = {n: agora(env, "collab", "balance", addr[n], quiet=True) for n in NAMES}
     moves = {n: int(after[n]["token_wei"]) - int(before[n]["token_wei"]) for n in NAMES}
     market = {n: int(after[n]["market_balance_wei"]) - int(before[n]["market_balance_wei"]) for n in NAMES}
     return {"deployment": dep, "providers": {n: addr[n] for n in PROVIDERS}, "jobs": results,
+            "pipeline": pipeline, "collab": collab,
             "token_delta_wei": {n: str(v) for n, v in moves.items()},
-            "market_delta_wei": {n: str(v) for n, v in market.items()}, "addresses": addr}
+            "market_delta_wei": {n: str(v) for n, v in market.items()},
+            "collab_delta_wei": {n: collab_after[n]["collab_balance_wei"] for n in NAMES}, "addresses": addr}
+
+
+def run_pipeline(env: dict[str, str], tmp: Path, bootstrap: str, say: Any, quiet: bool) -> dict[str, Any]:
+    """The example pipeline (train, then evaluate the trained weights), its specs beside it as in the repo."""
+    src = ROOT / "examples" / "pipelines" / "mlp-train-evaluate.yaml"
+    (tmp / "pipelines").mkdir(exist_ok=True)
+    pipe = tmp / "pipelines" / src.name
+    pipe.write_text(src.read_text())  # `spec: ../specs/...` resolves to the specs made in tmp/specs
+    say(f"\n== pipeline: {src.relative_to(ROOT)}")
+    started = time.time()
+    out = agora(env, "pipeline", "run", str(pipe), "--state", str(tmp / "pipeline-state"), "--approve",
+                "--bootstrap", bootstrap, account="alice", quiet=quiet)
+    out["wall_s"] = round(time.time() - started, 2)
+    for st in out.get("stages", []):
+        say(f"   stage {st['name']}: {st['status']}, job {str(st['jobId'])[:10]}, cost {st['costTokens']} AGORA, "
+            f"outputs {', '.join(st['outputs'])}" + "".join(f", {k} {v:.3f}" for k, v in st["metrics"].items()))
+    if not out.get("ok"):
+        raise SystemExit(f"demo: the pipeline did not complete: {out}")
+    return out
+
+
+def run_collab(env: dict[str, str], tmp: Path, bootstrap: str, say: Any, quiet: bool) -> dict[str, Any]:
+    """The example collaborative job, shortened to COLLAB_ROUNDS rounds over the three providers."""
+    import yaml
+
+    doc = yaml.safe_load((tmp / "specs" / "collab" / "mlp-collab.yaml").read_text())
+    doc.update(participants=len(PROVIDERS), rounds=COLLAB_ROUNDS)
+    spec = tmp / "collab-demo.yaml"
+    spec.write_text(yaml.safe_dump(doc))
+    say(f"\n== collaborative training: examples/collab/mlp-collab.yaml, {len(PROVIDERS)} providers, "
+        f"{COLLAB_ROUNDS} rounds")
+    started = time.time()
+    out = agora(env, "collab", "run", str(spec), "--max-price", "0.5", "--bootstrap", bootstrap,
+                "--out", str(tmp / "results" / "collab"), account="alice", quiet=quiet)
+    out["wall_s"] = round(time.time() - started, 2)
+    for r in out["rounds"]:
+        say(f"   round {r['round']}: {len(r['accepted'])} accepted, {len(r['rejected'])} rejected, "
+            f"{r['wall_s']:.2f} s, model {r['aggregate'][:19]}…")
+    return out
 
 
 def print_report(report: dict[str, Any]) -> None:
@@ -221,10 +270,22 @@ def print_report(report: dict[str, Any]) -> None:
         print(f"  {job['label']:<15}{winners:<22}{from_wei(price):>8}{gas:>10,}{lat:>9.2f}s  "
               f"{s.get('outcome', job.get('state', '?'))}, {verified}")
     print("  (latency: from the announcement to the outputs verified against the settled hash, bid window included)")
-    print(f"\n  {'account':<10}{'tokens':>14}{'in market':>12}")
+    pipe = report.get("pipeline")
+    if pipe:
+        print(f"\n== pipeline {pipe.get('pipeline')}: " + ", ".join(
+            f"{st['name']} {st['costTokens']} AGORA" + "".join(f" ({k} {v:.3f})" for k, v in st["metrics"].items())
+            for st in pipe["stages"]) + f"; {pipe['wall_s']} s")
+    collab = report.get("collab")
+    if collab:
+        paid = ", ".join(f"{names.get(p['provider'], p['provider'][:8])} {p['count']} x {from_wei(int(p['price']))}"
+                         for p in collab["participants"])
+        print(f"== collaborative training: {len(collab['rounds'])} rounds ({collab['rule']}), paid {paid} in one "
+              f"settlement (gas {collab['gas'].get('settle', 0):,}); final model {collab['model'][:23]}…; "
+              f"{collab['wall_s']} s")
+    print(f"\n  {'account':<10}{'tokens':>14}{'in market':>12}{'in collab':>12}")
     for n in NAMES:
         print(f"  {n:<10}{from_wei(int(report['token_delta_wei'][n])):>14}"
-              f"{from_wei(int(report['market_delta_wei'][n])):>12}")
+              f"{from_wei(int(report['market_delta_wei'][n])):>12}{from_wei(int(report['collab_delta_wei'][n])):>12}")
     print(f"\n  exit codes {report['exit_codes']}; total demo time {report['seconds']} s")
 
 

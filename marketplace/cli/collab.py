@@ -140,3 +140,20 @@ def withdraw(amount: Annotated[str | None, typer.Argument(help="Tokens [default:
     chain = _chain(open_market(rpc, deployments, account, password_file))
     with spinner("waiting for receipt"):
         tx_line("withdraw", chain.withdraw(parse_amount(amount) if amount else None))
+
+
+@collab_app.command("balance")
+@handle_errors
+def balance(address: Annotated[str | None, typer.Argument(help="Account [default: --account]")] = None,
+            rpc: RpcOpt = None, deployments: DeploymentsOpt = None, account: AccountOpt = None,
+            password_file: PasswordFileOpt = None, json_out: JsonOpt = False) -> None:
+    """Withdrawable collab balance (earnings of a provider, refunds of a requester)."""
+    from marketplace.types import from_wei
+
+    market = open_market(rpc, deployments, account, password_file, need_account=address is None)
+    who = address or market.address
+    wei = _chain(market).balance(who)
+    if json_out:
+        emit_json({"address": who, "collab_balance_wei": str(wei), "collab_balance": from_wei(wei)})
+    else:
+        console.print(f"{who}  {from_wei(wei)} AGORA withdrawable from CollabMarket", highlight=False)

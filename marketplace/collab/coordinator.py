@@ -181,7 +181,7 @@ class CollabCoordinator:
             self._take_update(msg)
 
     # ------------------------------------------------------------------ run
-    async def run(self, *, max_price: int, bid_window: float = 3.0, approve: bool = False, peer_wait: float = 5.0,
+    async def run(self, *, max_price: int, bid_window: float = 3.0, approve: bool = False, peer_wait: float = 15.0,
                   claim_window: int = DEFAULT_CLAIM_WINDOW_S,
                   on_opened: Callable[[str], None] | None = None) -> dict[str, Any]:
         """The whole job; returns the report (also written to `out_dir/collab.json`). Raises

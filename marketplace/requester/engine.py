@@ -310,7 +310,7 @@ class Requester:
     async def submit(self, spec: JobSpec, *, k: int, max_price: int, min_collateral: int = 0,
                      bid_window: float = 2.0, grace: float = 0.05, run_seconds: int | None = None,
                      window: int | None = None, approve: bool = False, wait: bool = True,
-                     out_dir: Path | None = None, peer_wait: float = 5.0,
+                     out_dir: Path | None = None, peer_wait: float = 15.0,
                      on_announced: Callable[[str], None] | None = None) -> SubmitOutcome:
         """Announce `spec`, pick k bids, open the job; with `wait`, also until it settles and outputs are in
         `out_dir`. `on_announced(ann_id)` runs once the job is in the store and before anything is published or

@@ -371,7 +371,8 @@ class Agent:
             log.info("dropped an announcement on %s: %s", topic, err)
             return False
         try:
-            funded = await self.requester_funds(ann.requester) >= int(ann.max_price) * ann.replicas
+            funded = await self.requester_funds(ann.requester, collab=ann.kind == "collab") >= \
+                int(ann.max_price) * ann.replicas
         except AgoraError as err:
             log.warning("funds check failed: %s", err)
             funded = False
@@ -381,15 +382,19 @@ class Agent:
                      ann.max_price, ann.replicas)
         return funded
 
-    async def requester_funds(self, requester: str) -> int:
-        """market balance + min(token balance, allowance to the market), cached FUNDS_CACHE_S per requester."""
-        key = requester.lower()
+    async def requester_funds(self, requester: str, *, collab: bool = False) -> int:
+        """market balance + min(token balance, allowance to the market), cached FUNDS_CACHE_S per requester.
+        A collab job's escrow comes from the requester's tokens (CollabMarket approves and pulls them when the
+        job opens), so for `collab` the token balance is what counts."""
+        key = requester.lower() + (":collab" if collab else "")
         hit = self._funds.get(key)
         if hit is not None and time.monotonic() - hit[0] < FUNDS_CACHE_S:
             return hit[1]
 
         def _read() -> int:
             m = self.market
+            if collab:
+                return m.token_balance(requester)
             return m.market_balance(requester) + min(m.token_balance(requester),
                                                      m.allowance(requester, self.market_address))
 

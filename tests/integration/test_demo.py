@@ -29,7 +29,19 @@ def test_demo_settles_every_job_and_stops_cleanly() -> None:
         assert len(job["winners"]) == (3 if job["label"].endswith("k=3") else 1)
     assert int(report["jobs"][0]["settlement"]["paidMask"]) == 7
     assert set(report["exit_codes"].values()) == {0}  # every node and the bootstrap exit 0 on SIGTERM
-    spent = -int(report["token_delta_wei"]["alice"]) - int(report["market_delta_wei"]["alice"])
-    earned = sum(int(report["token_delta_wei"][p]) + int(report["market_delta_wei"][p]) for p in report["providers"])
-    paid = sum(int(w["price"]) for j in report["jobs"] for w in j["winners"])
+    pipe = report["pipeline"]
+    assert pipe["ok"] and [s["name"] for s in pipe["stages"]] == ["train", "evaluate"]
+    assert all(s["status"] == "done" and s["resultHash"] for s in pipe["stages"])
+    assert pipe["stages"][1]["metrics"]["accuracy"] > 0.5  # the evaluated weights are the trained ones
+    collab = report["collab"]
+    assert len(collab["rounds"]) == 5 and all(len(r["accepted"]) == 3 for r in collab["rounds"])
+    assert all(p["count"] == 5 for p in collab["participants"])
+
+    def moved(who: str) -> int:
+        return sum(int(report[k][who]) for k in ("token_delta_wei", "market_delta_wei", "collab_delta_wei"))
+
+    spent = -moved("alice")
+    earned = sum(moved(p) for p in report["providers"])
+    paid = (sum(int(w["price"]) for j in report["jobs"] for w in j["winners"]) + int(pipe["totalCost"])
+            + int(collab["paid"]))
     assert spent == earned == paid  # every token alice paid reached a provider, and nothing else moved
