@@ -60,7 +60,10 @@ log = logging.getLogger("agora.collab")
 ASSIGN_TIMEOUT_S = 10.0
 PUSH_TIMEOUT_S = 5.0
 FETCH_TIMEOUT_S = 30.0
-DEADLINE_SLACK_S = 120  # on top of rounds x round_seconds: set-up, settlement
+DEADLINE_SLACK_S = 180  # on top of the rounds: assignment, settlement
+ROUND_OVERHEAD_S = 45  # per round on top of round_seconds: update fetches (30 s cap), pushes, aggregation
+SETTLE_MARGIN_S = 60  # a round starts only if it and the settlement fit before the chain deadline
+MAX_REASON = 200
 DEFAULT_CLAIM_WINDOW_S = 600
 LINGER_S = 20.0  # after the job: how long participants get to fetch the last round's updates
 
@@ -129,22 +132,27 @@ class CollabCoordinator:
         self.bytes_served = 0
         self.receipts: dict[str, Receipt] = {}
         self.requested: dict[str, set[str]] = {}  # peer -> blobs it asked for (verification downloads)
+        self.cache: dict[str, bytes] = {}  # served blobs (models, shards, updates: small next to memory)
+        self.seen_updates: set[str] = set()  # every update blob offered so far: a copy is never paid twice
+        self.deadline = 0  # chain time
+        self.stopped: str | None = None  # why the job ended before its last round
         self.timings: dict[str, float] = {}
         self.gas: dict[str, int] = {}
 
     # ------------------------------------------------------------------ served to participants
     def serve_blob(self, peer: str, blob: str) -> bytes:
+        """Called once per chunk: the bytes come from a cache, not from re-reading and re-hashing the file."""
         if not any(p.peer == peer for p in self.participants):
             raise AgoraError("not a participant of this job")
-        self.requested.setdefault(peer, set()).add(blob)
         if blob.startswith("spec:"):
             if blob[5:] != self.spec_hash:
                 raise AgoraError("not this job's spec")
             data = self.spec_json
         elif blob in self.servable or blob in self.shards_of.get(peer, set()):
-            data = self.req.blobs.get_bytes(blob)
+            data = self.cache.get(blob) or self.cache.setdefault(blob, self.req.blobs.get_bytes(blob))
         else:
             raise AgoraError("not a blob of this job")
+        self.requested.setdefault(peer, set()).add(blob)
         return data
 
     def served(self, n: int) -> None:
@@ -198,7 +206,7 @@ class CollabCoordinator:
             raise InsufficientFundsError(f"the job escrows up to {from_wei(need)} AGORA (max price x participants x "
                                          f"rounds); the account holds {from_wei(have)}")
         self.global_w = load_tensors(req.blobs.get_bytes(self.model), what="initial weights")
-        run_s = int(rounds * spec.checks.round_seconds) + DEADLINE_SLACK_S
+        run_s = int(rounds * (spec.checks.round_seconds + ROUND_OVERHEAD_S)) + DEADLINE_SLACK_S
         input_bytes = sum(req.blobs.path(b).stat().st_size for b in (spec.data.inputs, spec.data.labels))
         pending, explanation, chosen = await req.choose(
             spec_hash=self.spec_hash, spec_json=self.spec_json, kind="collab", device=spec.device.type, k=m,
@@ -226,9 +234,12 @@ class CollabCoordinator:
                 await self._assign(pending.ann.ann_id)
                 await req.node.gossip.wait_for_topic_peers(topic, 1, timeout=peer_wait)
                 for r in range(1, rounds + 1):
-                    await self._round(r, topic)
-                await self._announce(RoundMsg(job_id=self.job_id, round=rounds + 1, model=self.model, deadline_ms=0,
-                                              done=True, **self._outcome_fields()), topic)
+                    if not await self._time_for_round():
+                        break
+                    if not await self._round(r, topic):
+                        break
+                await self._announce(RoundMsg(job_id=self.job_id, round=len(self.rounds) + 1, model=self.model,
+                                              deadline_ms=0, done=True, **self._outcome_fields()), topic)
                 nursery.cancel_scope.cancel()
             await self._settle()
             await self._linger()
@@ -242,6 +253,7 @@ class CollabCoordinator:
         salt = os.urandom(32)
         now = await req._read(req.chain_now)
         deadline = now + run_s
+        self.deadline = deadline
         t = time.time()
         job_id, tx = await req._send(self.chain.open, bytes.fromhex(self.spec_hash[2:]), salt, self.spec.rounds,
                                      deadline, claim_window, [p.provider for p in self.participants],
@@ -278,15 +290,16 @@ class CollabCoordinator:
     def _outcome_fields(self) -> dict[str, Any]:
         last = self.rounds[-1] if self.rounds else None
         return {"accepted": [Contribution(**a["msg"]) for a in last.accepted] if last else [],
-                "rejected": [Rejection(provider=r["provider"], reason=r["reason"][:300]) for r in last.rejected]
+                "rejected": [Rejection(provider=r["provider"], reason=_clean(r["reason"])) for r in last.rejected]
                 if last else [],
                 "receipts": list(self.receipts.values())}
 
     async def _announce(self, msg: RoundMsg, topic: str) -> None:
         """Publish on the job topic (auditable by anyone) and push to each participant (gossip may drop it)."""
-        signed = msg.signed(self.req.market.client.account)
-        data = signed.encode()
-        assert len(data) <= MAX_COLLAB_BYTES
+        data = msg.signed(self.req.market.client.account).encode()
+        if len(data) > MAX_COLLAB_BYTES:  # only the rejection texts can grow: cut them, keep the codes
+            short = [r.model_copy(update={"reason": r.reason.split(":")[0][:40]}) for r in msg.rejected]
+            data = msg.model_copy(update={"rejected": short}).signed(self.req.market.client.account).encode()
         await self.req.node.gossip.publish(topic, data)
 
         async def push(p: Participant) -> None:
@@ -311,7 +324,7 @@ class CollabCoordinator:
                                       deadline_ms=int(deadline * 1000), **self._outcome_fields()), topic)
         # Wait for every participant still counted on (or the deadline); late arrivals of others are welcome.
         with trio.move_on_at(trio.current_time() + max(0.0, deadline - time.time())):
-            while not all(p.provider.lower() in self.inbox for p in self.participants if p.waiting):
+            while not self._all_in():
                 self.arrived = trio.Event()
                 await self.arrived.wait()
         rec.wait_s = round(time.time() - t0, 3)
@@ -331,13 +344,26 @@ class CollabCoordinator:
             rec.compute_s[p.provider] = msg.compute_s
             weights, problem = results.get(key, (None, "not fetched"))
             if weights is not None:
-                problem = check_update(self.global_w, weights, max_norm=spec.checks.max_update_norm)
+                problem = self._copy_problem(msg, got) or check_update(self.global_w, weights,
+                                                                       max_norm=spec.checks.max_update_norm)
             if problem is not None or weights is None:
-                p.rejected.append(r)
-                rec.rejected.append({"provider": p.provider, "update": msg.update, "reason": str(problem)})
-                self.progress(f"round {r}: rejected {p.provider}: {problem}")
+                self._reject(rec, p, msg.update, str(problem))
                 continue
             accepted.append((p.provider, weights, int(p.shard["n"]), msg))
+        self.seen_updates.update(m.update for m in got.values())
+        if len(accepted) < spec.min_participants:
+            # Too few to make a model the spec accepts: nothing is aggregated, nothing is paid, the job ends.
+            for provider, _w, _n, msg in accepted:
+                self._reject(rec, next(p for p in self.participants if p.provider == provider), msg.update,
+                             f"round void: {len(accepted)} accepted, fewer than min_participants "
+                             f"{spec.min_participants}")
+            rec.wall_s = round(time.time() - t0, 3)
+            rec.bytes_out = self.bytes_served - served0
+            rec.aggregate = self.model
+            self.rounds.append(rec)
+            self.stopped = f"round {r}: {len(accepted)} updates accepted, fewer than min_participants"
+            self.progress(f"stopping after round {r}: {self.stopped}")
+            return False
         t_agg = time.time()
         new_w = await trio.to_thread.run_sync(
             aggregate, self.global_w, [(a, w, n) for a, w, n, _ in accepted], spec.aggregation.rule,
@@ -362,6 +388,41 @@ class CollabCoordinator:
         self.rounds.append(rec)
         self.progress(f"round {r}/{spec.rounds}: {len(accepted)} accepted, {len(rec.rejected)} rejected, "
                       f"{len(rec.missing)} missing; model {blob[:19]} ({rec.wall_s:.2f} s)")
+        return True
+
+    def _all_in(self) -> bool:
+        """Every participant still counted on has sent its update; when nobody is counted on any more (all
+        missed the last round), the first update to arrive ends the wait (or the deadline does)."""
+        waited = [p for p in self.participants if p.waiting]
+        if not waited:
+            return bool(self.inbox)
+        return all(p.provider.lower() in self.inbox for p in waited)
+
+    def _copy_problem(self, msg: UpdateMsg, got: dict[str, UpdateMsg]) -> str | None:
+        """An update that is the global model itself, an update offered before, or the same blob as another
+        participant's this round: copies are never paid (honest training on distinct shards never collides)."""
+        if msg.update == self.model:
+            return "copy: the update is the global model itself"
+        if msg.update in self.seen_updates:
+            return "copy: this update was offered in an earlier round"
+        if any(o.update == msg.update and o.provider.lower() != msg.provider.lower() for o in got.values()):
+            return "copy: another participant offered the same update this round"
+        return None
+
+    def _reject(self, rec: RoundRecord, p: Participant, update: str, reason: str) -> None:
+        reason = _clean(reason)
+        p.rejected.append(rec.round)
+        rec.rejected.append({"provider": p.provider, "update": update, "reason": reason})
+        self.progress(f"round {rec.round}: rejected {p.provider}: {reason}")
+
+    async def _time_for_round(self) -> bool:
+        now = await self.req._read(self.req.chain_now)
+        need = self.spec.checks.round_seconds + ROUND_OVERHEAD_S + SETTLE_MARGIN_S
+        if now + need <= self.deadline:
+            return True
+        self.stopped = f"the chain deadline {self.deadline} leaves no time for another round and the settlement"
+        self.progress(f"stopping: {self.stopped}")
+        return False
 
     async def _fetch_all(self, got: dict[str, UpdateMsg],
                          rec: RoundRecord) -> dict[str, tuple[dict[str, np.ndarray] | None, str | None]]:
@@ -429,6 +490,7 @@ class CollabCoordinator:
         doc = {"jobId": self.job_id, "specHash": self.spec_hash, "model": self.model,
                "modelHash": "0x" + self.model[7:], "modelFile": str(model_path),
                "rule": self.spec.aggregation.rule, "rounds": [asdict(r) for r in self.rounds],
+               "stopped": self.stopped, "deadline": self.deadline,
                "participants": [p.to_json() for p in self.participants],
                "paid": str(sum(p.count * p.price for p in self.participants)),
                "escrow": str(sum(p.price for p in self.participants) * self.spec.rounds),
@@ -455,3 +517,9 @@ def run_collab_sync(market: Any, spec: CollabSpec, *, store: Any, blobs: Any, ke
             return await coord.run(**kwargs)
 
     return _run(main)
+
+
+def _clean(reason: str) -> str:
+    """A rejection reason as it goes on the wire: printable ASCII (peers' error texts are in it), bounded."""
+    text = "".join(c if 32 <= ord(c) < 127 else "?" for c in reason)
+    return text[:MAX_REASON]

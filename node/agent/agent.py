@@ -247,6 +247,7 @@ class Agent:
                     for row in self.store.unsettled_jobs():
                         log.info("resuming job %s (state %s)", row.job_id, row.state)
                         self.spawn(row.job_id)
+                    self._resume_collab_claims(nursery)
                     if self.config.auto_withdraw_wei is not None:
                         nursery.start_soon(self.maybe_withdraw)  # earnings settled while the node was down
                     self._start_ops()
@@ -259,6 +260,25 @@ class Agent:
                     nursery.cancel_scope.cancel()
         finally:
             await self._close()
+
+    def _resume_collab_claims(self, nursery: trio.Nursery) -> None:
+        """Receipts of collab jobs from before a restart: make sure they are paid (claim if settled short)."""
+        from marketplace.collab.protocol import Receipt
+
+        from .collab import claim_until_paid, mark_saved, saved_claims
+
+        docs = saved_claims(self.data_dir)
+        if not docs or not self.client.deployment.collab:
+            return
+        if self._collab_chain is None:
+            from marketplace.collab.chain import CollabChain
+
+            self._collab_chain = CollabChain(self.client)
+        for doc in docs:
+            log.info("collab job %s: checking that receipt %s is paid", doc["job_id"], doc["receipt"]["count"])
+            nursery.start_soon(claim_until_paid, self, self._collab_chain, doc["job_id"], int(doc["index"]),
+                               Receipt.model_validate(doc["receipt"]),
+                               functools.partial(mark_saved, self.data_dir, doc["job_id"]))
 
     async def _close(self) -> None:
         with trio.CancelScope(shield=True):

@@ -29,13 +29,13 @@ from marketplace.collab.aggregate import aggregate, encode
 from marketplace.collab.chain import CollabChain, recover_receipt_signer
 from marketplace.collab.protocol import (
     COLLAB_PROTOCOL,
-    MAX_COLLAB_BYTES,
     CollabAssigned,
     Receipt,
     RoundMsg,
     UpdateMsg,
     collab_topic,
     decode_round,
+    decode_update,
 )
 from marketplace.collab.spec import CollabSpec, parse_collab_spec
 from marketplace.errors import AgoraError
@@ -51,6 +51,7 @@ log = logging.getLogger("agora.node.collab")
 
 MAX_SPEC_BYTES = 1 << 20
 POLL_S = 2.0
+SECP256K1_HALF_N = 0x7FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF5D576E7357A4501DDFE92F46681B20A0
 
 
 @dataclass
@@ -65,6 +66,9 @@ class CollabParticipant:
     updates: dict[int, str] = field(default_factory=dict)  # round -> our update blob
     models: dict[int, str] = field(default_factory=dict)  # round -> the global model it started from
     receipt: Receipt | None = None
+    view: Any = None  # the job as the chain showed it at assignment (rounds, deadline, providers)
+    own_accepted: int = 0  # rounds whose outcome listed our update as accepted
+    cache: dict[str, bytes] = field(default_factory=dict)  # our update blobs, served chunk by chunk
     last_round: int = 0
     verified: int = 0  # rounds whose aggregate this node recomputed and found equal
     done: bool = False
@@ -72,7 +76,7 @@ class CollabParticipant:
     error: str | None = None
 
     def __post_init__(self) -> None:
-        self.rounds, self.inbox = trio.open_memory_channel(16)
+        self.rounds, self.inbox = trio.open_memory_channel(64)
 
     @property
     def job_id(self) -> str:
@@ -97,6 +101,21 @@ class CollabParticipant:
             raise AgoraError(f"participant {i} of {self.job_id} is not {me}")
         if int(view.prices[i]) != self.bid.price:
             raise AgoraError(f"the job pays {view.prices[i]} per round, our bid asked {self.bid.price}")
+        self.view = view
+
+    def receipt_problem(self, r: Receipt) -> str | None:
+        """Why the contract would refuse this receipt of ours (None: it would pay it). OpenZeppelin's ECDSA
+        refuses v other than 27/28 and s in the upper half; the contract refuses a count above the rounds."""
+        v, _r, s_ = r.sig.as_tuple()
+        if v not in (27, 28) or int.from_bytes(s_, "big") > SECP256K1_HALF_N:
+            return "malleable or malformed signature"
+        if self.view is not None and r.count > self.view.rounds:
+            return f"count {r.count} above the job's {self.view.rounds} rounds"
+        signer = recover_receipt_signer(self.chain.chain_id, self.chain.address, bytes.fromhex(self.job_id[2:]),
+                                        r.provider, r.count, r.sig.as_tuple())
+        if signer.lower() != self.bid.requester.lower():
+            return f"signed by {signer}, not the requester"
+        return None
 
     # ------------------------------------------------------------------ messages
     def take(self, data: bytes) -> Ack:
@@ -107,55 +126,76 @@ class CollabParticipant:
             return Ack(ok=False, reason=str(err)[:500])
         if msg.round <= self.last_round:
             return Ack(ok=True, reason="already seen")
-        self.last_round = msg.round
+        if self.view is not None and msg.round > self.view.rounds + 1:
+            return Ack(ok=False, reason=f"round {msg.round} beyond the job's {self.view.rounds} rounds")
         assert self.rounds is not None
         try:
             self.rounds.send_nowait(msg)
         except trio.WouldBlock:
             return Ack(ok=False, reason="busy")
+        self.last_round = msg.round  # only once queued: a dropped message can come again
         return Ack(ok=True)
 
     def serve_blob(self, peer: str, blob: str) -> bytes:
         """Our update blobs, to the requester only."""
         if peer != self.bid.requester_peer:
             raise AgoraError("not the requester of this job")
-        if blob not in self.updates.values():
+        data = self.cache.get(blob)
+        if data is None:
             raise AgoraError("not an update of this node")
-        return self.agent.blobs.get_bytes(blob)
+        return data
 
     # ------------------------------------------------------------------ run
     async def run(self) -> None:
+        """Take part until the last round, the chain deadline or a reason to stop; then make sure we are paid
+        for what the receipts say (claiming if the requester settles short or not at all)."""
         try:
-            await self.verify_assignment()
-            self.spec = await self.fetch_spec()
-            await self.fetch(self.msg.shard.inputs)
-            await self.fetch(self.msg.shard.labels)
-            topic = collab_topic(self.job_id)
-            self.agent.host.gossip.set_validator(topic, self._validate)
-            sub = await self.agent.host.gossip.subscribe(topic)
-            self.state = "running"
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._gossip, sub)
-                await self._rounds()
-                nursery.cancel_scope.cancel()
-            await self._after()
+            await self._participate()
         except trio.Cancelled:
             raise
         except Exception as err:  # noqa: BLE001 - one job's failure must not stop the node
             self.state, self.error = "failed", f"{type(err).__name__}: {err}"
             log.warning("collab job %s: %s", self.job_id[:10], self.error)
-        finally:
-            self.save()
+        self.save()
+        if self.receipt is not None and self.receipt.count > 0:
+            await claim_until_paid(self.agent, self.chain, self.job_id, self.msg.index, self.receipt, self._set_state)
+        self.save()
+
+    def _set_state(self, state: str) -> None:
+        self.state = state
+        self.save()
+
+    async def _participate(self) -> None:
+        if self.view is None:
+            await self.verify_assignment()
+        self.spec = await self.fetch_spec()
+        await self.fetch(self.msg.shard.inputs)
+        await self.fetch(self.msg.shard.labels)
+        topic = collab_topic(self.job_id)
+        self.agent.host.gossip.set_validator(topic, self._validate)
+        sub = await self.agent.host.gossip.subscribe(topic)
+        self.state = "running"
+        now = await self.agent.refresh_chain_time()
+        stop_at = trio.current_time() + max(0.0, self.view.deadline - now)  # the chain deadline, in trio time
+        with trio.move_on_at(stop_at) as scope:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._gossip, sub)
+                await self._rounds()
+                nursery.cancel_scope.cancel()
+        if scope.cancelled_caught and self.state == "running":
+            self.state = "deadline"
+            log.info("collab job %s: the chain deadline passed before the last round", self.job_id[:10])
 
     async def _validate(self, data: bytes, forwarder: Any) -> bool:
+        """Relay only round messages signed by the requester and updates signed by a participant."""
         try:
             decode_round(data, self.bid.requester, self.job_id)
             return True
         except ProtocolError:
             pass
-        # participants' updates are relayed too: structural check only (the coordinator checks signatures)
         try:
-            decode(data, UpdateMsg, max_bytes=MAX_COLLAB_BYTES)
+            providers = {p.lower(): i for i, p in enumerate(self.view.providers)} if self.view else {}
+            decode_update(data, providers, self.job_id)
             return True
         except ProtocolError:
             return False
@@ -178,7 +218,7 @@ class CollabParticipant:
         if self.agent.blobs.has(blob):
             return
         assert self.spec is not None
-        limit = self.spec.limits.memory_mb * 2**20
+        limit = min(self.spec.limits.memory_mb, self.agent.config.max_input_mb) * 2**20
         data = await self.agent.fetch_blob_from(self.bid.requester_addrs, self.bid.requester_peer, self.job_id,
                                                 blob, limit)
         await trio.to_thread.run_sync(self.agent.blobs.put_bytes, data)
@@ -192,23 +232,40 @@ class CollabParticipant:
                 self.done = True
                 self.state = "done"
                 return
+            phase = (await self.agent.read(self.chain.job, bytes.fromhex(self.job_id[2:]))).phase
+            if phase != "Open":  # settled early (or closed): work from now on could go unpaid
+                self.state, self.error = "stopped", f"the job is {phase} on chain while rounds go on"
+                log.warning("collab job %s: %s", self.job_id[:10], self.error)
+                return
             if time.time() * 1000 > msg.deadline_ms:
                 log.info("collab job %s: round %d already past its deadline; skipped", self.job_id[:10], msg.round)
                 continue
-            await self._train(msg)
+            try:
+                await self._train(msg)
+            except (AgoraError, P2PError, ProtocolError, OSError) as err:  # this round is lost, not the job
+                log.warning("collab job %s round %d: %s: %s", self.job_id[:10], msg.round, type(err).__name__, err)
 
     async def _check_outcome(self, msg: RoundMsg) -> bool:
         """The previous round's receipts and aggregate. False: stop working for this coordinator."""
-        mine = next((r for r in msg.receipts if r.provider.lower() == self.agent.address.lower()), None)
+        me = self.agent.address.lower()
+        prev = msg.round - 1
+        ours = self.updates.get(prev)
+        if ours is not None and any(c.provider.lower() == me and c.update == ours for c in msg.accepted):
+            self.own_accepted += 1
+        mine = next((r for r in msg.receipts if r.provider.lower() == me), None)
         if mine is not None:
-            signer = recover_receipt_signer(self.chain.chain_id, self.chain.address, bytes.fromhex(self.job_id[2:]),
-                                            mine.provider, mine.count, mine.sig.as_tuple())
-            if signer.lower() != self.bid.requester.lower():
-                log.warning("collab job %s: receipt not signed by the requester (%s)", self.job_id[:10], signer)
-            elif self.receipt is None or mine.count >= self.receipt.count:
+            problem = self.receipt_problem(mine)
+            if problem is not None:
+                log.warning("collab job %s: unusable receipt (%s)", self.job_id[:10], problem)
+            elif self.receipt is None or mine.count > self.receipt.count:
                 self.receipt = mine
                 self.save()
-        prev = msg.round - 1
+        have = self.receipt.count if self.receipt else 0
+        if have < self.own_accepted:  # our update was used but not receipted: no more work for this requester
+            self.state, self.error = "stopped", (f"{self.own_accepted} of our updates accepted, receipts for "
+                                                 f"{have}")
+            log.error("collab job %s: %s", self.job_id[:10], self.error)
+            return False
         if not self.agent.config.collab_verify or prev not in self.updates or not msg.accepted:
             return True
         assert self.spec is not None
@@ -249,6 +306,7 @@ class CollabParticipant:
         shard = self.msg.shard.model_dump()
         update = await trio.to_thread.run_sync(train_round, self.agent.sandbox, self.spec, msg.model, shard, out_dir)
         await trio.to_thread.run_sync(self.agent.blobs.put_bytes, update.blob_bytes)
+        self.cache[update.blob_id] = update.blob_bytes
         self.updates[msg.round] = update.blob_id
         um = UpdateMsg(job_id=self.job_id, round=msg.round, provider=self.agent.address, update=update.blob_id,
                        n=int(shard["n"]), compute_s=round(update.compute_s, 4)).signed(self.agent.account.key)
@@ -268,37 +326,10 @@ class CollabParticipant:
         """The update as sent (tests patch this to play a cheating participant)."""
         return msg
 
-    async def _after(self) -> None:
-        """Claim what the receipts say if the requester settles short or not at all (until the window ends)."""
-        if self.receipt is None or self.receipt.count == 0:
-            return
-        jid = bytes.fromhex(self.job_id[2:])
-        while True:
-            view = await self.agent.read(self.chain.job, jid)
-            now = await self.agent.refresh_chain_time()
-            recorded = int(view.counts[self.msg.index])
-            if view.phase == "Closed" or recorded >= self.receipt.count:
-                self.state = "paid" if recorded >= self.receipt.count else "closed"
-                return
-            settled = view.phase == "Settled"
-            if (settled and now < view.claim_end) or (not settled and view.deadline < now
-                                                      < view.deadline + view.claim_window):
-                try:
-                    await self.agent.transact(self.chain.claim, jid, self.msg.index, self.receipt.count,
-                                              self.receipt.sig.as_tuple())
-                    log.info("collab job %s: claimed %d contributions", self.job_id[:10], self.receipt.count)
-                except AgoraError as err:
-                    log.warning("collab job %s: claim failed: %s", self.job_id[:10], err)
-                    await trio.sleep(POLL_S)
-                continue
-            if (settled and now >= view.claim_end) or now >= view.deadline + view.claim_window:
-                self.state = "unclaimed"
-                return
-            await trio.sleep(POLL_S)
-
     def save(self) -> None:
         self.state_file.parent.mkdir(parents=True, exist_ok=True)
         doc = {"job_id": self.job_id, "index": self.msg.index, "requester": self.bid.requester,
+               "verified": self.verified, "own_accepted": self.own_accepted,
                "state": self.state, "error": self.error, "updates": self.updates,
                "receipt": self.receipt.model_dump(mode="json") if self.receipt else None}
         tmp = self.state_file.with_suffix(".tmp")
@@ -310,3 +341,61 @@ class CollabParticipant:
                 "rounds_contributed": len(self.updates), "rounds_verified": self.verified,
                 "receipt_count": self.receipt.count if self.receipt else 0,
                 "error": self.error}
+
+
+async def claim_until_paid(agent: Agent, chain: CollabChain, job_id: str, index: int, receipt: Receipt,
+                           on_state: Any = None) -> str:
+    """Claim what `receipt` says if the chain credits less, for as long as the contract accepts claims.
+    Returns "paid", "closed" or "unclaimed". Used after the rounds and, for saved receipts, after a restart."""
+    jid = bytes.fromhex(job_id[2:])
+    say = on_state or (lambda _s: None)
+    while True:
+        view = await agent.read(chain.job, jid)
+        now = await agent.refresh_chain_time()
+        recorded = int(view.counts[index]) if index < len(view.counts) else 0
+        if recorded >= receipt.count:
+            say("paid")
+            return "paid"
+        if view.phase == "Closed":
+            say("closed")
+            return "closed"
+        settled = view.phase == "Settled"
+        open_for_claims = (now <= view.claim_end) if settled else (view.deadline < now <= view.deadline
+                                                                    + view.claim_window)
+        if open_for_claims:
+            try:
+                await agent.transact(chain.claim, jid, index, receipt.count, receipt.sig.as_tuple())
+                log.info("collab job %s: claimed %d contributions", job_id[:10], receipt.count)
+                continue
+            except AgoraError as err:
+                log.warning("collab job %s: claim failed: %s", job_id[:10], err)
+        elif now > (view.claim_end if settled else view.deadline + view.claim_window):
+            say("unclaimed")
+            return "unclaimed"
+        await trio.sleep(POLL_S)
+
+
+def saved_claims(data_dir: Path) -> list[dict[str, Any]]:
+    """Receipts saved by participants that may still need claiming (after a restart)."""
+    out = []
+    for f in sorted((data_dir / "collab").glob("0x*.json")):
+        try:
+            doc = json.loads(f.read_text())
+        except (OSError, ValueError):
+            continue
+        if doc.get("receipt") and doc.get("state") not in ("paid", "closed", "unclaimed"):
+            out.append(doc)
+    return out
+
+
+def mark_saved(data_dir: Path, job_id: str, state: str) -> None:
+    """Record a saved receipt's outcome (so a later restart does not check it again)."""
+    f = data_dir / "collab" / f"{job_id}.json"
+    try:
+        doc = json.loads(f.read_text())
+    except (OSError, ValueError):
+        return
+    doc["state"] = state
+    tmp = f.with_suffix(".tmp")
+    tmp.write_text(json.dumps(doc, indent=2, sort_keys=True))
+    tmp.replace(f)
