@@ -98,7 +98,11 @@ contract CollabMarket is ICollabMarket, EIP712, ReentrancyGuard {
         if (counts.length != n) revert CollabWrongCountLength(counts.length, n);
         uint256 paid = _creditCounts(jobId, counts, c.rounds);
         c.phase = CollabPhase.Settled;
-        c.claimEnd = uint40(block.timestamp + window);
+        // Never before deadline + window: a settle long before the deadline must not let the requester close
+        // (and take the escrow back) while providers are still working rounds it may yet sign receipts for.
+        uint256 claimEnd = block.timestamp + window;
+        if (claimEnd < settleEnd) claimEnd = settleEnd;
+        c.claimEnd = uint40(claimEnd);
         c.paid += uint96(paid); // paid + earlier claims <= escrow: every count <= rounds
         c.modelHash = modelHash;
         emit CollabSettled(jobId, modelHash, counts, uint96(paid));
@@ -290,8 +294,8 @@ contract CollabMarket is ICollabMarket, EIP712, ReentrancyGuard {
         _balances[address(uint160(seat))] += amount;
     }
 
-    /// @dev Claims are open after settle until claimEnd, or for an unsettled job from the deadline (exclusive)
-    /// until deadline + claimWindow; reverts otherwise.
+    /// @dev Claims are open from settle until claimEnd (never before deadline + claimWindow), or for an
+    /// unsettled job from the deadline (exclusive) until deadline + claimWindow; reverts otherwise.
     function _checkClaimOpen(bytes32 jobId, Collab storage c) private view {
         CollabPhase phase = c.phase;
         if (phase == CollabPhase.None) revert CollabUnknownJob(jobId);

@@ -3,8 +3,9 @@ pragma solidity ^0.8.24;
 
 /// @notice Lifecycle of a collaborative job. None: no such job. Open: escrow locked, rounds running (and, once
 /// the deadline has passed, providers may claim with their receipts). Settled: the requester reported the counts
-/// once; a claim window runs in which providers holding higher receipts top up. Closed: the unspent escrow went
-/// back to the requester; the id stays taken forever, so a receipt can never be replayed on a new job.
+/// once; claims stay open, for providers holding higher receipts to top up, until claimWindow seconds after the
+/// later of the settlement and the deadline. Closed: the unspent escrow went back to the requester; the id stays
+/// taken forever, so a receipt can never be replayed on a new job.
 enum CollabPhase {
     None,
     Open,
@@ -14,7 +15,8 @@ enum CollabPhase {
 
 /// @notice Everything the chain knows about one collaborative job (returned by `job`).
 /// `escrow` = sum(prices) * rounds, locked at opening; `paid` = what providers have been credited so far;
-/// `claimEnd` = end of the claim window after settle (0 while unsettled); `size` = number of providers.
+/// `claimEnd` = last second of the claims once settled: max(settle time, deadline) + claimWindow (0 while
+/// unsettled); `size` = number of providers.
 struct CollabView {
     address requester;
     bytes32 specHash;
@@ -35,9 +37,10 @@ struct CollabView {
 /// sum(prices) * rounds. Off-chain, after each round, it signs for every provider an EIP-712
 /// `Receipt(bytes32 jobId,address provider,uint32 count)` with that provider's accepted contributions so far
 /// (cumulative, so only the latest receipt matters: a payment channel per contributor). It then settles once
-/// with every count; a provider paid less than its best receipt claims the difference during the claim window.
-/// If the requester vanishes, providers claim with their receipts after the deadline, and `close` refunds the
-/// rest after deadline + claimWindow. Payments are pull-based (`withdraw`).
+/// with every count; a provider paid less than its best receipt claims the difference during the claim window,
+/// which never ends before deadline + claimWindow: settling early cannot cut short the claims of rounds worked
+/// up to the deadline. If the requester vanishes, providers claim with their receipts after the deadline, and
+/// `close` refunds the rest after deadline + claimWindow. Payments are pull-based (`withdraw`).
 interface ICollabMarket {
     event CollabOpened(
         bytes32 indexed jobId,
@@ -93,7 +96,8 @@ interface ICollabMarket {
     /// @notice Open a job with `providers[i]` paid `prices[i]` per accepted contribution, for up to `rounds`
     /// rounds; locks sum(prices) * rounds from the caller's token allowance.
     /// @param deadline Chain time after which, if the requester has not settled, providers may claim.
-    /// @param claimWindow How long claims stay open (after settle, or after the deadline when unsettled).
+    /// @param claimWindow How long claims stay open after the later of settle and the deadline (after the
+    /// deadline when never settled).
     /// @return jobId keccak256(abi.encode(msg.sender, salt)): known before sending (see `jobIdFor`), so a
     /// requester that crashed mid-send can find out whether its job exists. Each (requester, salt) opens once.
     function openCollab(
@@ -108,16 +112,19 @@ interface ICollabMarket {
 
     /// @notice Requester only, once, while Open and no later than deadline + claimWindow: credit each provider
     /// counts[i] * prices[i] (less what it already claimed), record `modelHash` (the final aggregated model's
-    /// blob id) and start a claim window of `claimWindow` seconds.
+    /// blob id) and open the claims until claimEnd = max(now, deadline) + claimWindow. An early settle (even
+    /// with zero counts) therefore leaves every receipt claimable until at least deadline + claimWindow, and
+    /// the job closable only after that.
     function settle(bytes32 jobId, bytes32 modelHash, uint32[] calldata counts) external;
 
     /// @notice Anyone (a relayer is fine: the credit always goes to providers[index]): credit providers[index]
-    /// for a requester-signed receipt whose count exceeds the recorded one. Open after settle until claimEnd,
-    /// or, unsettled, after the deadline until deadline + claimWindow.
+    /// for a requester-signed receipt whose count exceeds the recorded one. Open from settle until claimEnd
+    /// (>= deadline + claimWindow), or, unsettled, after the deadline until deadline + claimWindow.
     function claim(bytes32 jobId, uint256 index, uint32 count, uint8 v, bytes32 r, bytes32 s) external;
 
     /// @notice Anyone, once the claims are over (after claimEnd, or after deadline + claimWindow when never
-    /// settled): credit the unspent escrow to the requester and close the job.
+    /// settled; never before deadline + claimWindow either way): credit the unspent escrow to the requester and
+    /// close the job.
     function close(bytes32 jobId) external;
 
     /// @notice Withdraw `amount` of the caller's balance (earnings and refunds) as tokens.

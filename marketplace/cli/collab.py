@@ -50,7 +50,7 @@ def run(
     spec: Annotated[Path, typer.Argument(help="Collab spec (YAML or JSON), e.g. examples/collab/mlp-collab.yaml")],
     max_price: Annotated[str, typer.Option("--max-price", help="Most you pay one provider per accepted round, tokens")] = "1",
     bid_window: Annotated[float, typer.Option("--bid-window", help="Seconds to collect bids")] = 3.0,
-    claim_window: Annotated[int, typer.Option("--claim-window", help="Seconds providers have to claim receipts after settlement")] = 600,
+    claim_window: Annotated[int, typer.Option("--claim-window", help="Seconds providers have to claim receipts, counted from the later of settlement and the job deadline")] = 600,
     bootstrap: BootstrapOpt = [],  # noqa: B006 - typer default
     listen: ListenOpt = "/ip4/127.0.0.1/tcp/0",
     out: Annotated[Path | None, typer.Option("--out", help="Report and final model folder [default ./collab-<spec hash prefix>]")] = None,

@@ -118,7 +118,9 @@ class CollabJobView:
 
     @property
     def claims_end(self) -> int:
-        """Last second a claim is accepted: claim_end once settled, else deadline + claim_window."""
+        """Last second a claim is accepted: claim_end once settled (the contract sets it to
+        max(settle time, deadline) + claim_window, so an early settle never cuts the claims short), else
+        deadline + claim_window."""
         return self.claim_end if self.phase == "Settled" else self.deadline + self.claim_window
 
     def index_of(self, provider: str) -> int:
@@ -266,7 +268,10 @@ class CollabChain:
         return job_id_for(self.client.address, salt), result
 
     def settle(self, job_id: bytes, model_hash: bytes, counts: Sequence[int]) -> TxResult:
-        """Requester: credit every provider counts[i] * prices[i] (less earlier claims); once per job."""
+        """Requester: credit every provider counts[i] * prices[i] (less earlier claims); once per job.
+
+        Claims stay open, and the job unclosable, until max(now, deadline) + claim_window: settling early
+        does not let the requester take the escrow back before the providers' receipts are due."""
         fn = self.contract.functions.settle(b32(job_id), b32(model_hash), [int(c) for c in counts])
         return self._send(fn, "settle collab job")
 
@@ -278,7 +283,8 @@ class CollabChain:
         return self._send(fn, "claim contribution")
 
     def close(self, job_id: bytes) -> TxResult:
-        """Refund the unspent escrow to the requester once claims are over (any sender)."""
+        """Refund the unspent escrow to the requester once claims are over (any sender): after claim_end,
+        or deadline + claim_window when never settled (`CollabJobView.claims_end`)."""
         return self._send(self.contract.functions.close(b32(job_id)), "close collab job")
 
     def withdraw(self, amount: int | None = None) -> TxResult:

@@ -198,7 +198,7 @@ def test_open_settle_close_withdraw(cx: Collab) -> None:
     view = req.job(job_id)
     settled_at = int(s.w3.eth.get_block(tx.block)["timestamp"])
     assert (view.phase, view.paid, view.counts, view.model_hash) == ("Settled", W(13), (5, 4, 0), MODEL)
-    assert view.claim_end == settled_at + WINDOW
+    assert settled_at < view.deadline and view.claim_end == view.deadline + WINDOW  # settled early
     (log,) = req.contract.events.CollabSettled().process_receipt(tx.receipt)
     assert log["args"]["paid"] == W(13) and list(log["args"]["counts"]) == [5, 4, 0]
 
@@ -289,6 +289,54 @@ def test_late_settle_keeps_higher_claims(cx: Collab) -> None:
     assert after.claim_end == int(s.w3.eth.get_block(tx.block)["timestamp"]) + WINDOW
     s.travel_past(after.claim_end)
     req.close(job_id)
+
+
+def test_early_settle_cannot_cut_the_claims_short(cx: Collab) -> None:
+    """A requester that settles with zero counts long before the deadline and keeps taking rounds cannot close
+    (and take the escrow back) before deadline + claimWindow: the receipts it signed meanwhile still pay."""
+    s, req, (p0, p1) = cx.s, cx.requester, cx.providers[:2]
+    job_id, view = cx.open(2, prices=[1, 2], rounds=4, deadline_in=300)
+    escrow = W(12)  # (1 + 2) x 4
+    before = cx.snapshot()
+    tx = req.settle(job_id, MODEL, [0, 0])
+    assert cx.diff(before, cx.snapshot()) == {}
+    settled_at = int(s.w3.eth.get_block(tx.block)["timestamp"])
+    settled = req.job(job_id)
+    assert (settled.phase, settled.paid, settled.counts) == ("Settled", 0, (0, 0))
+    assert settled_at + WINDOW < view.deadline  # the old rule would have ended the claims before the deadline
+    assert settled.claim_end == settled.claims_end == view.deadline + WINDOW
+
+    # The rounds go on; a claim is accepted at once, before the deadline, once a receipt exists.
+    before = cx.snapshot()
+    p1.claim(job_id, 1, 1, cx.receipt(job_id, p1, 1))
+    assert cx.diff(before, cx.snapshot()) == {"collab:p1": W(2)}
+    s.travel_past(settled_at + WINDOW)  # past the claim end the old rule gave
+    for moment in ("before the deadline", "after the deadline"):
+        with cx.reverts("CollabNotClosable") as err:
+            cx.outsider.close(job_id)
+        assert err.value.error_args["jobId"] == job_id, moment
+        assert err.value.error_args["readyAfter"] == view.deadline + WINDOW, moment
+        with cx.reverts("CollabNotClosable"):
+            req.close(job_id)  # not the requester either
+        s.travel_past(view.deadline)
+
+    # After the deadline, the receipts of the last rounds still pay, sent by the provider or by a relayer.
+    before = cx.snapshot()
+    p0.claim(job_id, 0, 3, cx.receipt(job_id, p0, 3))
+    cx.outsider.claim(job_id, 1, 2, cx.receipt(job_id, p1, 2))
+    assert cx.diff(before, cx.snapshot()) == {"collab:p0": W(3), "collab:p1": W(2)}
+    assert req.job(job_id).counts == (3, 2) and req.job(job_id).paid == W(7)
+    with cx.reverts("CollabWrongPhase"):  # a second settle cannot change anything either
+        req.settle(job_id, MODEL, [4, 4])
+
+    s.travel_past(view.deadline + WINDOW)
+    with cx.reverts("CollabClaimClosed") as err:
+        p1.claim(job_id, 1, 3, cx.receipt(job_id, p1, 3))
+    assert err.value.error_args["claimEnd"] == view.deadline + WINDOW
+    before = cx.snapshot()
+    cx.outsider.close(job_id)
+    assert cx.diff(before, cx.snapshot()) == {"collab:requester": escrow - W(7)}
+    assert req.job(job_id).phase == "Closed"
 
 
 # ---------------------------------------------------------------- settle refused
