@@ -131,7 +131,7 @@ class ChainClient:
         try:
             if gas is None:
                 gas = int(fn.estimate_gas({"from": sender}) * 1.25) + 20_000
-            params: Any = {"from": sender, "nonce": self._next_nonce(), "gas": gas, "chainId": self.chain_id}
+            params: Any = {"from": sender, "nonce": self.next_nonce(), "gas": gas, "chainId": self.chain_id}
             tx: Any = fn.build_transaction(params)
             signed = self.account.sign_transaction(tx)  # type: ignore[union-attr]
             tx_hash = self.w3.eth.send_raw_transaction(signed.raw_transaction)
@@ -162,7 +162,8 @@ class ChainClient:
         return TxResult(tx_hash=tx_hash, gas_used=int(receipt["gasUsed"]), block=int(receipt["blockNumber"]),
                         receipt=receipt)
 
-    def _next_nonce(self) -> int:
+    def next_nonce(self) -> int:
+        """The nonce the next transaction of this account will be signed with (cached; re-read after a failure)."""
         if self._nonce is None:
             self._nonce = self.w3.eth.get_transaction_count(Web3.to_checksum_address(self.address), "pending")
         return self._nonce

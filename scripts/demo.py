@@ -184,7 +184,7 @@ def run_demo(env: dict[str, str], chain: LocalChain, tmp: Path, procs: list[Proc
         cfg.write_text(json.dumps({"account": name, "bootstrap": [bootstrap], "prices": prices,
                                    "collateral": collateral, "stake": "100", "capacity": 2,
                                    "ops_port": 0, "auto_withdraw": "1"}))
-        node = Proc(name, [*py, "node", "run", "--config", str(cfg), "--log-format", "json"], env, logs, 180)
+        node = Proc(name, [*py, "node", "run", "--config", str(cfg), "--log-format", "json"], env, logs, 300)
         procs.append(node)
         say(f"   {name} {node.ready['address']}  peer {node.ready['peer_id'][:16]}…  ops {node.ready.get('ops')}")
     before = {n: agora(env, "token", "balance", addr[n], quiet=True) for n in NAMES}

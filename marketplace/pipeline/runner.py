@@ -27,7 +27,7 @@ import trio
 from marketplace.blobs import BlobStore
 from marketplace.errors import AgoraError
 from marketplace.pipeline.model import Pipeline, PipelineInvalidError, Stage, load_pipeline
-from marketplace.pipeline.state import Budget, PipelineState, StageRecord, default_state_dir
+from marketplace.pipeline.state import Budget, PipelineState, StageRecord, atomic_write_json, default_state_dir
 from marketplace.pipeline.validate import validate
 from marketplace.spec import JobSpec
 from marketplace.types import from_wei
@@ -40,6 +40,75 @@ NON_PARAMETER_OUTPUTS = frozenset({"loss_curve"})
 
 class StageFailedError(AgoraError):
     """A stage's job did not settle with verified outputs."""
+
+
+class StageHeldError(StageFailedError):
+    """A stage whose earlier job may still open (or whose record cannot be checked) is not bought again."""
+
+
+#: Requester job states in which money is (or may be) locked in a job that has not settled.
+UNSETTLED_STATES = ("opening", "open", "committed", "revealed")
+
+
+# ---------------------------------------------------------------------------------------------- retry policy
+@dataclass(frozen=True)
+class Plan:
+    """What to do with a stage that is not done. `action`: submit (announce afresh), resume (watch the recorded
+    job to settlement), finish (settled with outputs: record and split them), refetch (completed on chain
+    without outputs: watch again so the engine fetches them), hold (its job may still open: stop, pay nothing)."""
+
+    action: str
+    reason: str
+
+
+def plan_stage(ann_id: str | None, row: Any, outcome: str | None) -> Plan:
+    """The pipeline's rule against paying twice. A stage is announced again only when its last job provably
+    never opened (nothing announced, no bids, an interrupted bid window, a definite revert, or `recover_opened`
+    proved it) or settled on chain without a result (failed, expired...: what it cost is counted, then it is
+    bought again). A job that opened, or may have, is resumed or waited for, whatever the stage's status says.
+    `row` is the requester database's row of `ann_id` (after `recover_opened` for a row in "opening");
+    `outcome` the chain's outcome of a "failed" row's job ("completed", "expired", ...; None: not settled)."""
+    if ann_id is None:
+        return Plan("submit", "nothing announced yet")
+    if row is None:
+        return Plan("hold", f"announcement {ann_id} is not in the requester database: whether its job opened "
+                            f"cannot be checked, so it is not bought again (use that account's database, or a "
+                            f"new --state)")
+    if row.job_id is None:
+        if row.state in ("announced", "no-bids", "failed"):
+            return Plan("submit", f"its job never opened ({row.error or row.state}): nothing was paid")
+        if row.state == "opening":
+            return Plan("hold", f"its openJob may still be mined ({row.error or 'no receipt yet'}); run again later")
+        return Plan("hold", f"its requester job is {row.state!r} without a job id")
+    if row.state in UNSETTLED_STATES:
+        return Plan("resume", f"job {row.job_id} is {row.state}")
+    if row.state == "settled":
+        return Plan("finish", f"job {row.job_id} settled with verified outputs")
+    if outcome is None:
+        return Plan("resume", f"job {row.job_id} has not settled on chain")
+    if outcome == "completed":
+        return Plan("refetch", f"job {row.job_id} completed on chain; fetching its outputs again")
+    return Plan("submit", f"job {row.job_id} settled as {outcome}; its cost counts")
+
+
+def cost_of(settlement: dict[str, Any], winners: list[dict[str, Any]]) -> int:
+    """What a settled job cost the requester: the winners' prices less the refund (compensation for slashed
+    collateral is credited separately and not netted)."""
+    refund = int(settlement.get("refund") or 0)
+    return max(0, sum(int(w["price"]) for w in settlement.get("winners") or winners) - refund)
+
+
+def settlement_from_chain(row: Any, view: Any) -> dict[str, Any]:
+    """settlement.json as the engine writes it, rebuilt from the requester row and the chain's JobSettled (for
+    a job whose file a crash lost). `outputsVerified` is what the row says: "settled" means verified."""
+    s = view.settlement or {}
+    return {"jobId": row.job_id, "annId": row.ann_id,
+            "outcome": view.outcome.name.lower() if view.outcome is not None else "unknown",
+            "result": "0x" + bytes(s.get("result", b"\x00" * 32)).hex(), "winners": row.winners,
+            "paidMask": s.get("paidMask"), "slashedMask": s.get("slashedMask"), "refund": str(s.get("refund", 0)),
+            "compensation": str(s.get("compensation", 0)), "gas": row.gas, "timings": row.timings,
+            "outputsVerified": row.state == "settled", "error": row.error,
+            "rebuilt": "from the chain and the requester database (settlement.json was missing)"}
 
 
 @dataclass
@@ -111,17 +180,22 @@ def report_of(state: PipelineState, wall_s: float = 0.0) -> PipelineReport:
 
 
 # ---------------------------------------------------------------------------------------------- outputs
-def split_outputs(out_dir: Path, spec: JobSpec, blobs: BlobStore) -> tuple[dict[str, str], dict[str, float]]:
+def split_outputs(out_dir: Path, spec: JobSpec, blobs: BlobStore,
+                  expect: str | None = None) -> tuple[dict[str, str], dict[str, float]]:
     """Turn a settled job's verified outputs into canonical blobs in `blobs`; returns ({output: blob id},
     metrics). train/finetune -> `weights` (every parameter, `loss_curve` left out); evaluate -> `metrics`
     (loss, accuracy); inference -> `logits` stored as {"x": float32 [N, C]} so it feeds an mlp stage as its
-    inputs, or under the label profile `labels` stored as {"y": int64 [N]} (top_k 1; [N, top_k] otherwise)."""
+    inputs, or under the label profile `labels` stored as {"y": int64 [N]} (top_k 1; [N, top_k] otherwise).
+    `expect`: the result hash that settled on chain, which the outputs must hash to (StageFailedError)."""
     import numpy as np
 
     from marketplace.results import OUTPUTS_FILE, verify_result_dir
     from marketplace.tensors import dump_tensors, load_tensors
 
-    verify_result_dir(out_dir)  # the engine verified them on arrival; a file edited since must not travel on
+    # The engine verified them on arrival; a file edited since must not travel on.
+    root = verify_result_dir(out_dir).hex
+    if expect is not None and root.lower() != expect.lower():
+        raise StageFailedError(f"the outputs in {out_dir} hash to {root}, not to the settled result {expect}")
     tensors = load_tensors((Path(out_dir) / OUTPUTS_FILE).read_bytes(), what=str(out_dir / OUTPUTS_FILE))
     metrics: dict[str, float] = {}
     if spec.kind in ("train", "finetune"):
@@ -189,8 +263,11 @@ class _Run:
                 if self.budget.in_flight:
                     continue  # a running stage will free its reservation
                 rec.status = "failed"
-                rec.error = (f"budget: spent {from_wei(self.state.spent())} + this stage's {from_wei(need)} AGORA "
-                             f"would exceed the budget {from_wei(self.pipe.budget)} AGORA")
+                held = sum(self.budget.held.values())
+                rec.error = (f"budget: spent {from_wei(self.state.spent())} + "
+                             + (f"held {from_wei(held)} (jobs that may still cost) + " if held else "")
+                             + f"this stage's {from_wei(need)} AGORA would exceed the budget "
+                               f"{from_wei(self.pipe.budget)} AGORA")
                 self.finished.add(name)
                 self.save()
                 self.say(name, "failed", rec.error)
@@ -199,59 +276,100 @@ class _Run:
             nursery.start_soon(self._stage, name)
 
     def _reservation(self, name: str, rec: StageRecord) -> int:
-        """An opened job holds what its winners asked; anything else may still cost max price x k."""
-        if rec.job_id and rec.winners:
-            return sum(int(w["price"]) for w in rec.winners)
+        """A job that will be resumed holds what its winners asked, less what is already counted as spent;
+        anything that may announce again may still cost max price x k."""
+        row = self.store.job(rec.ann_id) if rec.ann_id else None
+        if rec.job_id and rec.winners and row is not None and row.job_id == rec.job_id and row.state != "failed":
+            return max(0, sum(int(w["price"]) for w in rec.winners) - int(rec.cost))
         return self.pipe.stages[name].reserve
 
     async def _stage(self, name: str) -> None:
         rec, stage = self.state.stages[name], self.pipe.stages[name]
+        hold = False
         try:
-            waiting = await self._recover(name, rec)
-            if waiting is None:
+            plan = await self._recover(name, rec)
+            if plan.action == "hold":
+                raise StageHeldError(plan.reason)
+            if plan.action == "submit":
                 await self._submit(name, stage, rec)
-            await self._finish(name, stage, rec)
+            await self._finish(name, stage, rec, refetch=plan.action == "refetch")
         except Exception as err:  # noqa: BLE001 - one stage's failure must not stop the others
             if not isinstance(err, AgoraError):
                 log.exception("stage %s", name)
             rec.status, rec.error = "failed", str(err) if isinstance(err, AgoraError) else f"{type(err).__name__}: {err}"
             rec.times["failed"] = time.time()
             self.save()
+            hold = self._may_still_cost(rec)
             self.say(name, "failed", f"stage {name} failed: {rec.error}")
         finally:
-            self.budget.release(name)
+            if hold:
+                self.budget.hold(name)
+            else:
+                self.budget.release(name)
             self.running.discard(name)
             self.finished.add(name)
             self.changed.set()
 
-    async def _recover(self, name: str, rec: StageRecord) -> str | None:
-        """Pick up where an earlier run stopped. Returns the job id to wait for, or None to submit afresh."""
-        if rec.status == "failed":
-            rec.retry()
-            self.save()
-            return None
+    def _may_still_cost(self, rec: StageRecord) -> bool:
+        """Whether a stopped stage's job is open on chain, or may be (or the database cannot say)."""
         if rec.ann_id is None:
-            return None
+            return False
         row = self.store.job(rec.ann_id)
+        return row is None or row.state in UNSETTLED_STATES
+
+    async def _recover(self, name: str, rec: StageRecord) -> Plan:
+        """Pick up where an earlier run (or attempt) stopped, from the requester database and the chain, never
+        from the stage's own status: a `failed` stage whose job opened, or may have, is resumed, never bought
+        again. Returns the plan (`plan_stage`) after doing its bookkeeping."""
+        row = self.store.job(rec.ann_id) if rec.ann_id else None
         if row is not None and row.job_id is None and row.state == "opening":
             await trio.to_thread.run_sync(self.req.recover_opened, row)
-            row = self.store.job(rec.ann_id)
-        if row is None or row.job_id is None:
-            if row is not None and row.state == "announced":  # its bid window died with the old process
-                self.store.update_job(row.ann_id, state="failed", error="interrupted before the job was opened")
-            self.say(name, "resumed", f"stage {name}: announcement {rec.ann_id[:10]} never opened a job "
-                                      f"(nothing paid); announcing again")
-            rec.retry()
+            row = self.store.job(row.ann_id)
+        outcome = None
+        if row is not None and row.job_id and row.state == "failed":
+            view = await trio.to_thread.run_sync(self.req.market.job, row.job_id)
+            outcome = (view.outcome.name.lower() if view.outcome is not None else "settled") if view.settled else None
+        plan = plan_stage(rec.ann_id, row, outcome)
+        if plan.action == "submit":
+            await self._close_attempt(name, rec, row, plan)
+        elif plan.action != "hold":
+            assert row is not None
+            rec.job_id, rec.status, rec.error = row.job_id, "open", None
+            rec.winners = row.winners
+            rec.out_dir = row.out_dir or rec.out_dir
             self.save()
-            return None
-        rec.job_id, rec.status = row.job_id, "open"
-        rec.winners = row.winners
-        rec.out_dir = row.out_dir
+            self.say(name, "resumed", f"stage {name}: resuming job {row.job_id} ({row.state}): {plan.reason}",
+                     job_id=row.job_id)
+        return plan
+
+    async def _close_attempt(self, name: str, rec: StageRecord, row: Any, plan: Plan) -> None:
+        """Before announcing again: mark an interrupted announcement failed, count what a job that settled
+        without outputs really cost, and move the attempt into `attempts`."""
+        if rec.ann_id is None and not rec.error:
+            return
+        if row is not None and row.state == "announced":  # its bid window died with the old process
+            self.store.update_job(row.ann_id, state="failed", error="interrupted before the job was opened")
+        if row is not None and row.job_id:
+            settlement = await self._settlement(rec, row)
+            rec.job_id, rec.winners = row.job_id, row.winners
+            rec.cost = str(cost_of(settlement, row.winners))
+        if rec.ann_id:
+            self.say(name, "resumed", f"stage {name}: announcement {rec.ann_id[:10]}: {plan.reason}; announcing again")
+        rec.retry()
         self.save()
-        if row.state not in ("settled", "failed"):
-            await self.req.resume_job(row.ann_id)
-        self.say(name, "resumed", f"stage {name}: resuming job {row.job_id} ({row.state})", job_id=row.job_id)
-        return row.job_id
+
+    async def _settlement(self, rec: StageRecord, row: Any) -> dict[str, Any]:
+        """The job's settlement.json, or, when a crash lost it, the same facts rebuilt from the chain and the
+        requester database (and written, so `status` and later runs see them)."""
+        path = Path(row.out_dir or rec.out_dir or "") / "settlement.json"
+        if path.exists():
+            return dict(json.loads(path.read_text()))
+        view = await trio.to_thread.run_sync(self.req.market.job, row.job_id)
+        if not view.settled:
+            raise StageFailedError(f"job {row.job_id} has not settled yet")
+        doc = settlement_from_chain(row, view)
+        atomic_write_json(path, doc)
+        return doc
 
     async def _submit(self, name: str, stage: Stage, rec: StageRecord) -> None:
         outputs = {n: r.outputs for n, r in self.state.stages.items() if r.status == "done"}
@@ -280,29 +398,34 @@ class _Run:
         self.say(name, "opened", f"stage {name}: opened job {outcome.job_id}; winners {who}",
                  job_id=outcome.job_id, winners=outcome.winners)
 
-    async def _finish(self, name: str, stage: Stage, rec: StageRecord) -> None:
+    async def _finish(self, name: str, stage: Stage, rec: StageRecord, *, refetch: bool = False) -> None:
+        """Wait for the job to settle, record its real cost, split its verified outputs. `refetch`: the job
+        completed but its outputs were not fetched: watch it again (the engine fetches them anew)."""
         assert rec.job_id is not None and rec.ann_id is not None
         row = self.store.job(rec.ann_id)
-        done_file = Path((row.out_dir if row else None) or rec.out_dir or "") / "settlement.json"
-        if row is None or row.state not in ("settled", "failed") or not done_file.exists():
+        if row is None or row.state not in ("settled", "failed") or refetch:
             active = await self.req.resume_job(rec.ann_id)  # the engine's watcher of this job (started by submit)
             if active is not None:
                 await self.req.wait(active)
-        settlement = json.loads(done_file.read_text())  # written by the engine when the job settled
-        row = self.store.job(rec.ann_id)
-        refund = int(settlement.get("refund") or 0)
-        rec.cost = str(max(0, sum(int(w["price"]) for w in settlement.get("winners", rec.winners)) - refund))
-        rec.gas = dict(row.gas) if row else {}
+            row = self.store.job(rec.ann_id)
+        if row is None:
+            raise StageFailedError(f"announcement {rec.ann_id} is not in the requester database {self.store.path}")
+        settlement = await self._settlement(rec, row)
+        rec.cost = str(cost_of(settlement, rec.winners))
+        rec.gas = dict(row.gas)
         rec.times["settled"] = time.time()
-        if row is None or row.state != "settled":
+        if row.state != "settled":
+            self.save()
             raise StageFailedError(f"job {rec.job_id} {settlement.get('outcome')}: "
-                                   f"{(row.error if row else None) or settlement.get('error') or 'no verified outputs'}")
+                                   f"{row.error or settlement.get('error') or 'no verified outputs'}")
         rec.result_hash = settlement.get("result")
+        self.save()
         self.say(name, "settled", f"stage {name}: job {rec.job_id[:10]} settled, result {str(rec.result_hash)[:12]}, "
                                   f"cost {from_wei(int(rec.cost))} AGORA", job_id=rec.job_id)
         assert stage.spec is not None
         out_dir = Path(row.out_dir or rec.out_dir or "")
-        rec.outputs, rec.metrics = await trio.to_thread.run_sync(split_outputs, out_dir, stage.spec, self.blobs)
+        rec.outputs, rec.metrics = await trio.to_thread.run_sync(split_outputs, out_dir, stage.spec, self.blobs,
+                                                                 rec.result_hash)
         rec.status, rec.error = "done", None
         rec.times["done"] = time.time()
         self.save()

@@ -7,7 +7,8 @@ kept, an opened job is watched again, an announcement that never opened is made 
 
 Stage status: `pending` (nothing sent), `announced` (ann id recorded; the requester DB says how far it got),
 `open` (job id known), `done` (settled, outputs verified and split into blobs), `failed` (the last attempt
-failed; rerunning tries again). Costs and amounts are wei, as decimal strings.
+failed; rerunning looks at its job first: a job that opened, or may have, is resumed, never paid for again).
+Costs and amounts are wei, as decimal strings.
 """
 
 from __future__ import annotations
@@ -180,20 +181,31 @@ def fits_budget(budget: int, spent: int, reserved: int, need: int) -> bool:
 
 @dataclass
 class Budget:
-    """Reservations of stages in flight against the cap; spent comes from the state (finished attempts)."""
+    """Reservations of stages in flight against the cap; spent comes from the state (finished attempts).
+
+    `held`: reservations of stages that stopped (failed) while their job was open on chain or may still open:
+    that job may still cost up to what was reserved, so the money stays reserved for the rest of the run, but
+    nobody waits for it to come back (`in_flight` counts running stages only)."""
 
     cap: int
     state: PipelineState
     reserved: dict[str, int] = field(default_factory=dict)
+    held: dict[str, int] = field(default_factory=dict)
 
     def try_reserve(self, stage: str, need: int) -> bool:
-        if not fits_budget(self.cap, self.state.spent(), sum(self.reserved.values()), need):
+        if not fits_budget(self.cap, self.state.spent(), sum(self.reserved.values()) + sum(self.held.values()),
+                           need):
             return False
         self.reserved[stage] = need
         return True
 
     def release(self, stage: str) -> None:
         self.reserved.pop(stage, None)
+
+    def hold(self, stage: str) -> None:
+        """The stage stopped but its job may still cost: keep its reservation counted, no longer in flight."""
+        if stage in self.reserved:
+            self.held[stage] = self.reserved.pop(stage)
 
     @property
     def in_flight(self) -> int:

@@ -18,6 +18,7 @@ import functools
 import json
 import logging
 import os
+import re
 import shutil
 import time
 from collections.abc import AsyncIterator, Callable
@@ -35,14 +36,14 @@ from marketplace import protocol as P
 from marketplace.collab.protocol import COLLAB_PROTOCOL
 from marketplace.blobs import BlobStore
 from marketplace.eip712 import COMMIT_TYPES, recover_bid_signer, typed_digest
-from marketplace.errors import AgoraError, BlobNotFoundError, InsufficientFundsError
+from marketplace.errors import AgoraError, BlobNotFoundError, InsufficientFundsError, TransactionRevertedError
 from marketplace.market import Market
 from marketplace.p2p import P2PError, PeerRecord, open_host, verify_peer_record
 from marketplace.requester.ranking import Explanation, Offer, ProviderFacts, rank
 from marketplace.requester.store import RequesterStore
 from marketplace.results import MANIFEST_FILE, OUTPUTS_FILE, ResultManifest
 from marketplace.spec import JobSpec
-from marketplace.types import JobParams, SignedBid, b32, commitment_for, from_wei
+from marketplace.types import JobParams, SignedBid, b32, commitment_for, from_wei, job_id_for
 
 log = logging.getLogger(__name__)
 
@@ -501,14 +502,18 @@ class Requester:
         params = JobParams(spec_hash=b32(ann.spec_hash), salt=os.urandom(32), deadline=deadline,
                            window=ann.window, replicas=pending.k, budget=0)
         t_open = time.time()
+        attempt = await self._record_attempt(ann.ann_id, params)
         # "opening": from here a crash may leave a job open on chain that the store does not know yet;
-        # `recover_opened` finds it again from the JobOpened log.
+        # `recover_opened` finds it again from the JobOpened log whose id is keccak(us, this salt, its block).
         self.store.update_job(ann.ann_id, state="opening")
         try:
-            job_id, tx = await self._send(self.market.open_job, params, bids)
-        except AgoraError as err:
+            job_id, tx = await self._send(self._send_open, ann.ann_id, params, bids, attempt)
+        except (TransactionRevertedError, InsufficientFundsError) as err:
+            # Definite: reverted in simulation, refused by the node, or mined and reverted. Nothing opened.
             self.store.update_job(ann.ann_id, state="failed", error=f"open job: {err}")
             raise JobFailedError(f"opening the job failed: {err}") from None
+        except Exception as err:  # noqa: BLE001 - no receipt, RPC gone: the transaction may still be mined
+            raise self._open_uncertain(ann.ann_id, attempt, err) from None
         hex_id = "0x" + job_id.hex()
         winners = [_Winner(index=i, provider=r.signed.bid.provider, peer=r.peer, price=r.signed.bid.price,  # type: ignore[union-attr]
                            collateral=r.signed.bid.collateral) for i, r in enumerate(chosen)]
@@ -532,6 +537,42 @@ class Requester:
                     msg = P.Assigned(ann=ann.ann_id, job_id=hex_id, index=w.index, block=tx.block, tx=tx.tx_hash)
                     tell.start_soon(self._assign, w, msg)
         return active
+
+    async def _record_attempt(self, ann_id: str, params: JobParams) -> dict[str, Any]:
+        """Record, before the row says "opening", what tells this openJob's job from any other: the block it
+        cannot be mined before and the salt (job id = keccak(requester, salt, block)). Without them a recovery
+        could adopt an older job of the same spec. Nothing is sent yet, so a failure here fails the row."""
+        try:
+            block = await self._read(lambda: int(self.market.client.w3.eth.block_number))
+        except Exception as err:  # noqa: BLE001 - any RPC failure: nothing was sent
+            self.store.update_job(ann_id, state="failed", error=f"open job: reading the chain: {_one_line(err)}")
+            raise JobFailedError(f"opening the job failed before anything was sent: {_one_line(err)}") from None
+        attempt: dict[str, Any] = {"from_block": block, "salt": "0x" + params.salt.hex()}
+        self.store.merge_json(ann_id, "timings", {OPEN_ATTEMPT: attempt})
+        return attempt
+
+    def _send_open(self, ann_id: str, params: JobParams, bids: list[SignedBid],
+                   attempt: dict[str, Any]) -> tuple[bytes, Any]:
+        """openJob, with the nonce it is signed with recorded first (a worker thread under `tx_lock`): the nonce
+        is how `recover_opened` tells a transaction still pending from one replaced or dropped."""
+        attempt["nonce"] = self.market.client.next_nonce()  # the nonce transact() will sign
+        self.store.merge_json(ann_id, "timings", {OPEN_ATTEMPT: attempt})
+        return self.market.open_job(params, bids)
+
+    def _open_uncertain(self, ann_id: str, attempt: dict[str, Any], err: BaseException) -> JobFailedError:
+        """openJob failed without a definite revert. If it never reached signing, the row fails (nothing
+        sent); otherwise it stays "opening" with the transaction hash when known, for `recover_opened`."""
+        what = _one_line(err)
+        if "nonce" not in attempt:
+            self.store.update_job(ann_id, state="failed", error=f"open job: {what}")
+            return JobFailedError(f"opening the job failed before openJob was sent: {what}")
+        tx = getattr(err, "tx_hash", None) or _tx_hash_in(what)
+        if tx:
+            attempt["tx"] = tx
+            self.store.merge_json(ann_id, "timings", {OPEN_ATTEMPT: attempt})
+        self.store.update_job(ann_id, error=f"open job: {what}")
+        return JobFailedError(f"openJob {tx or '(hash unknown)'} has no receipt ({what}): the job may still open; "
+                              f"`agora job resume` (or rerunning the pipeline) will find it")
 
     async def _assign(self, w: _Winner, msg: P.Assigned) -> None:
         """Tell a winner; a provider that misses it still finds the assignment on chain (JobAssigned)."""
@@ -804,6 +845,10 @@ class Requester:
         result = "0x" + bytes(view.settlement.get("result", b"\x00" * 32)).hex()
         active.outcome = outcome
         if outcome == "completed" and not active.result_fetched:
+            # A crash after the outputs were moved in (before the state was) must not depend on the provider
+            # still serving them: outputs already in place that verify against the settled result count.
+            active.result_fetched = await trio.to_thread.run_sync(_outputs_in_place, active.out_dir, result)
+        if outcome == "completed" and not active.result_fetched:
             await self._fetch_settled(active, result)
         timings = {"settled_s": round(time.time() - active.t0, 3)}
         self.store.merge_json(active.ann_id, "timings", timings)
@@ -812,8 +857,10 @@ class Requester:
             active.error = active.error or f"job settled as {outcome}"
         elif not active.result_fetched:
             active.error = active.error or "job settled but its outputs could not be fetched"
-        self.store.update_job(active.ann_id, state="settled" if ok else "failed", error=active.error)
+        # settlement.json first, the state second: a crash between leaves a row that `resume` settles again
+        # (rewriting the file), never a "settled" row whose file a pipeline then cannot find.
         self._write_settlement(active, view, result)
+        self.store.update_job(active.ann_id, state="settled" if ok else "failed", error=active.error)
         self.progress(f"job {active.hex_id[:10]} settled: {outcome}" + (f" ({active.error})" if active.error else ""))
         active.settled.set()
 
@@ -848,7 +895,14 @@ class Requester:
                "gas": row.gas if row else {}, "timings": row.timings if row else {},
                "outputsVerified": active.result_fetched, "error": active.error}
         active.out_dir.mkdir(parents=True, exist_ok=True)
-        (active.out_dir / "settlement.json").write_text(json.dumps(doc, indent=2, sort_keys=True, default=str) + "\n")
+        # Atomically (temp file, fsync, rename): a crash mid-write must not leave a truncated settlement.json.
+        path = active.out_dir / "settlement.json"
+        tmp = path.with_name(f".settlement.json.{os.getpid()}.tmp")
+        with tmp.open("w") as f:
+            f.write(json.dumps(doc, indent=2, sort_keys=True, default=str) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
 
     async def wait(self, active: _Active | str, *, timeout: float | None = None) -> dict[str, Any]:
         """Until the job settles (or `timeout` s); returns its settlement.json content."""
@@ -871,28 +925,84 @@ class Requester:
         return active
 
     def recover_opened(self, row: Any) -> str | None:
-        """A job left in "opening" (a crash between sending openJob and recording its id): find its JobOpened
-        log (this requester, this spec hash, not already in the store), record it with its winners, return its
-        id; None when the job never opened (marked failed, nothing was paid). Runs in a worker thread."""
+        """A job left in "opening" (a crash, or no receipt, between sending openJob and recording its id): ask
+        the chain (`opening_facts`) and act on `opening_verdict`. Adopted: the row becomes "open" with its job id
+        and winners, and the id is returned. Proven never opened: the row becomes "failed" (nothing was paid).
+        Otherwise (openJob may still be mined) the row stays "opening" with the reason in `error`. Returns None
+        in both of the last cases (re-read the row). Runs in a worker thread."""
+        facts, log_entry = self.opening_facts(row)
+        verdict, detail = opening_verdict(facts)
+        if verdict == "failed":
+            self.store.update_job(row.ann_id, state="failed", error=detail)
+            return None
+        if verdict == "opening":
+            self.store.update_job(row.ann_id, error=detail)
+            self.progress(f"announcement {row.ann_id[:10]}: {detail}")
+            return None
+        assert log_entry is not None
+        return self._adopt(row, log_entry)
+
+    def opening_facts(self, row: Any) -> tuple[OpeningFacts, Any]:
+        """What the chain says about a row in "opening": (facts, the JobOpened log proven to be this attempt's
+        or None). The nonces are read before the logs, so a transaction mined in between is seen in the logs."""
+        w3 = self.market.client.w3
+        attempt = dict(row.timings.get(OPEN_ATTEMPT) or {})
+        me = to_checksum_address(self.address)
+        latest = int(w3.eth.get_transaction_count(me, "latest"))
+        pending = int(w3.eth.get_transaction_count(me, "pending"))
+        tx = attempt.get("tx")
+        status, tx_pending = None, False
+        if tx:
+            from web3.exceptions import TransactionNotFound
+
+            try:
+                status = int(w3.eth.get_transaction_receipt(tx)["status"])
+            except TransactionNotFound:
+                try:
+                    tx_pending = w3.eth.get_transaction(tx)["blockNumber"] is None
+                except TransactionNotFound:
+                    tx_pending = False
+        start = int(attempt.get("from_block", self.market.client.deployment.block))
         event = self.market.client.market.events.JobOpened()
-        start = self.market.client.deployment.block
-        known = {r.job_id for r in self.store.jobs() if r.job_id}
-        logs = event.get_logs(from_block=start, argument_filters={"requester": self.address})
-        for lg in logs:
-            args = lg["args"]
-            hex_id = "0x" + bytes(args["jobId"]).hex()
-            if hex_id in known or "0x" + bytes(args["specHash"]).hex() != row.spec_hash.lower():
-                continue
-            peers = {(b["provider"] or "").lower(): b["peer"] for b in self.store.bids(row.ann_id)}
-            winners = [_Winner(index=i, provider=a["provider"], peer=peers.get(a["provider"].lower(), ""),
-                               price=int(a["price"]), collateral=int(a["collateral"]))
-                       for i, a in enumerate(args["workers"])]
-            out_dir = row.out_dir or str(Path.cwd() / f"result-{hex_id[2:10]}")
-            self.store.update_job(row.ann_id, job_id=hex_id, state="open", winners=[w.to_json() for w in winners],
-                                  out_dir=out_dir)
-            return hex_id
-        self.store.update_job(row.ann_id, state="failed", error="interrupted before the job was opened")
-        return None
+        logs = event.get_logs(from_block=start, argument_filters={"requester": me})
+        entry = next((lg for lg in logs if self._is_attempt_of(row, attempt, lg)), None)
+        facts = OpeningFacts(matched="0x" + bytes(entry["args"]["jobId"]).hex() if entry else None,
+                             attempt="salt" in attempt, nonce=attempt.get("nonce"), tx=tx, receipt_status=status,
+                             tx_pending=tx_pending, latest_nonce=latest, pending_nonce=pending)
+        return facts, entry
+
+    def _is_attempt_of(self, row: Any, attempt: dict[str, Any], lg: Any) -> bool:
+        """Whether a JobOpened log is the job this row's openJob opened. With the recorded salt: exactly, since
+        its id is keccak(requester, salt, block). A row recorded before salts were kept: same spec hash, a job
+        no other row knows, and the winners are bids this announcement chose (provider and price)."""
+        args = lg["args"]
+        job_id = bytes(args["jobId"])
+        if "salt" in attempt:
+            return job_id_for(self.address, b32(attempt["salt"]), int(lg["blockNumber"])) == job_id
+        if "0x" + bytes(args["specHash"]).hex() != row.spec_hash.lower():
+            return False
+        if any(r.job_id == "0x" + job_id.hex() for r in self.store.jobs() if r.job_id):
+            return False
+        chosen = {((b["provider"] or "").lower(), str(b["price"])) for b in self.store.bids(row.ann_id)
+                  if b["status"] == "chosen"}
+        return all((a["provider"].lower(), str(int(a["price"]))) in chosen for a in args["workers"])
+
+    def _adopt(self, row: Any, lg: Any) -> str:
+        """Record a recovered job in its row, with its winners (peers from the bids received), as "open"."""
+        args = lg["args"]
+        hex_id = "0x" + bytes(args["jobId"]).hex()
+        peers = {(b["provider"] or "").lower(): b["peer"] for b in self.store.bids(row.ann_id)}
+        winners = [_Winner(index=i, provider=a["provider"], peer=peers.get(a["provider"].lower(), ""),
+                           price=int(a["price"]), collateral=int(a["collateral"]))
+                   for i, a in enumerate(args["workers"])]
+        out_dir = row.out_dir or str(Path.cwd() / f"result-{hex_id[2:10]}")
+        with contextlib.suppress(Exception):  # the gas figure is a nicety; the job is recovered without it
+            receipt = self.market.client.w3.eth.get_transaction_receipt(lg["transactionHash"])
+            self.store.merge_json(row.ann_id, "gas", {"open": int(receipt["gasUsed"])})
+        self.store.update_job(row.ann_id, job_id=hex_id, state="open", winners=[w.to_json() for w in winners],
+                              out_dir=out_dir, error=None)
+        self.progress(f"announcement {row.ann_id[:10]}: recovered job {hex_id} from its JobOpened log")
+        return hex_id
 
     def _load_active(self, row: Any) -> _Active:
         """Rebuild a job's in-memory state from the store and the chain (runs in a worker thread)."""
@@ -923,6 +1033,80 @@ class Requester:
         if bal:
             await self._send(self.market.withdraw, bal)
         return int(bal)
+
+
+#: Key in a job row's `timings` of its openJob attempt: from_block, salt (written before "opening"), nonce
+#: (before signing), tx (when known after a failure). `recover_opened` reads it.
+OPEN_ATTEMPT = "open_attempt"
+
+
+@dataclass(frozen=True)
+class OpeningFacts:
+    """What the chain says about a row left in "opening" (gathered by `Requester.opening_facts`)."""
+
+    matched: str | None = None  # id of the JobOpened proven to be this attempt's
+    attempt: bool = False  # the attempt (from_block, salt) was recorded: rows written by this version
+    nonce: int | None = None  # the nonce openJob was signed with; None: it never reached signing
+    tx: str | None = None  # openJob's hash, when a failure revealed it
+    receipt_status: int | None = None  # its receipt's status, when mined
+    tx_pending: bool = False  # the node holds it, unmined
+    latest_nonce: int = 0  # the account's mined transaction count
+    pending_nonce: int = 0  # ... counting its transactions waiting in the node's pool
+
+
+def opening_verdict(f: OpeningFacts) -> tuple[str, str]:
+    """("adopt" | "failed" | "opening", why). "failed" only when the chain proves openJob can never open a job
+    (reverted, never sent, its nonce used by another transaction, or dropped with nothing pending): a failed row
+    is what lets a pipeline announce again, and a wrong one pays twice. Anything else that is not a match stays
+    "opening"."""
+    if f.matched:
+        return "adopt", f"openJob opened job {f.matched}"
+    tx = f.tx or "openJob"
+    if f.receipt_status == 0:
+        return "failed", f"{tx} reverted: no job opened, nothing was paid"
+    if f.receipt_status == 1:
+        return "opening", f"{tx} was mined but its JobOpened log is not readable yet; run resume again"
+    if f.tx_pending:
+        return "opening", f"{tx} is still pending: the job may still open"
+    if f.attempt and f.nonce is None:
+        return "failed", "interrupted before openJob was sent: nothing was paid"
+    if f.nonce is not None:
+        if f.latest_nonce > f.nonce:
+            return "failed", (f"nonce {f.nonce} was used by another transaction and no JobOpened of this "
+                              f"attempt exists: openJob was replaced or dropped, nothing was paid")
+        if f.pending_nonce > f.nonce:
+            return "opening", f"a transaction with nonce {f.nonce} is pending: the job may still open"
+        return "failed", f"openJob (nonce {f.nonce}) was dropped: neither mined nor pending, nothing was paid"
+    # A row from before attempts were recorded: only an account with nothing pending proves it.
+    if f.pending_nonce > f.latest_nonce:
+        return "opening", "transactions of this account are pending: the job may still open"
+    return "failed", "no JobOpened of this announcement and nothing pending: the job never opened, nothing was paid"
+
+
+_TX_HASH = re.compile(r"0x[0-9a-fA-F]{64}")
+
+
+def _tx_hash_in(text: str) -> str | None:
+    """The transaction hash in an error message ("open job: no receipt for 0x... after 120 s")."""
+    m = _TX_HASH.search(text)
+    return m.group(0) if m else None
+
+
+def _one_line(err: BaseException) -> str:
+    text = str(err) if isinstance(err, AgoraError) else f"{type(err).__name__}: {err}"
+    return (text.splitlines() or [type(err).__name__])[0][:300]
+
+
+def _outputs_in_place(out_dir: Path, result: str) -> bool:
+    """Whether `out_dir` already holds outputs + manifest that verify against the settled `result`."""
+    from marketplace.results import verify_result_dir
+
+    if not (Path(out_dir) / OUTPUTS_FILE).exists() or not (Path(out_dir) / MANIFEST_FILE).exists():
+        return False
+    try:
+        return verify_result_dir(out_dir).hex.lower() == result.lower()
+    except AgoraError:
+        return False
 
 
 class _null:
@@ -967,13 +1151,16 @@ def resume_sync(market: Market, *, store: RequesterStore, blobs: BlobStore, key:
             for row in rows:
                 assert row is not None
                 if row.job_id is None and row.state == "opening":
-                    if await trio.to_thread.run_sync(req.recover_opened, row):
-                        row = store.job(row.ann_id)
-                        assert row is not None
+                    # Adopted ("open"), proven never opened ("failed") or maybe still pending ("opening").
+                    await trio.to_thread.run_sync(req.recover_opened, row)
+                    row = store.job(row.ann_id)
+                    assert row is not None
                 if row.job_id is None:
                     if row.state == "announced":
                         store.update_job(row.ann_id, state="failed", error="interrupted before the job was opened")
-                    done[row.ann_id] = {"state": "failed" if row.state == "announced" else row.state}
+                        row = store.job(row.ann_id)
+                        assert row is not None
+                    done[row.ann_id] = {"state": row.state, "error": row.error}
                     continue
                 active = await req.resume_job(row.ann_id)
                 if active is None:

@@ -190,11 +190,11 @@ def test_killed_provider_not_paid_for_missed_rounds(net: MarketNet, honest: dict
     before = balances(net)
     proc = net.requester(collab_argv(net, spec, net.tmp / "out-kill"), "collab-kill")
 
-    def contributed() -> bool:
+    def receipted() -> bool:  # its first update was accepted (fetched and checked) and receipted
         jobs = [j for j in victim.jobs() if j.get("kind") == "collab"]
-        return bool(jobs) and jobs[0]["rounds_contributed"] >= 1
+        return bool(jobs) and jobs[0]["receipt_count"] >= 1
 
-    wait_until(contributed, 240, "the victim to send its first update")
+    wait_until(receipted, 240, "the victim's first accepted round")
     victim.stop(signal.SIGKILL)
     report = finish(net, proc, "collab-kill")
     parts = by_name(net, report)

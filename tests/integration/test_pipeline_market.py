@@ -171,3 +171,38 @@ def test_interrupted_pipeline_resumes_without_paying_twice(net: MarketNet, provi
     assert delta(before, after, "alice", "total") == -sum(STAGE_COST.values())
     assert delta(before, after, "h1", "mbal") == sum(STAGE_COST.values())
     assert int(second.out["totalCost"]) == sum(STAGE_COST.values())
+
+
+def test_a_failed_stage_with_an_open_job_is_resumed_not_bought_again(net: MarketNet, provider: NodeProc) -> None:
+    """The state says `failed` (as a transient RPC error after the job opened leaves it) while the evaluate job is
+    open on chain: the rerun looks at the job, waits for it, and pays for it once."""
+    from marketplace.pipeline.state import atomic_write_json
+
+    before, opened = net.balances(), net.opened_events()
+    state = net.tmp / "state-c"
+    first = net.requester(run_argv(net, PIPELINE, state), name="pipeline-c1")
+
+    def evaluate_open() -> bool:
+        st = read_state(state).get("stages", {})
+        if first.poll() is not None:
+            raise AssertionError(f"the pipeline exited ({first.returncode}) before it could be interrupted")
+        return bool(st) and st["train"]["status"] == "done" and st["evaluate"]["status"] == "open"
+
+    wait_until(evaluate_open, 300, "train done and the evaluate job opened", every=0.02)
+    first.send_signal(signal.SIGSTOP)
+    first.send_signal(signal.SIGKILL)
+    first.wait(20)
+    doc = read_state(state)
+    job = doc["stages"]["evaluate"]["job_id"]
+    assert job
+    doc["stages"]["evaluate"].update(status="failed", error="RPC stopped answering during job: ReadTimeout")
+    atomic_write_json(state / "state.json", doc)
+    second = net.run_requester(run_argv(net, PIPELINE, state), timeout=400, name="pipeline-c2")
+    assert second.rc == 0, second.stderr
+    stages = {s["name"]: s for s in second.out["stages"]}
+    assert stages["evaluate"]["status"] == "done" and stages["evaluate"]["jobId"] == job
+    assert read_state(state)["stages"]["evaluate"]["attempts"] == []
+    assert net.opened_events() == opened + 2
+    after = net.balances()
+    assert delta(before, after, "alice", "total") == -sum(STAGE_COST.values())
+    assert int(second.out["totalCost"]) == sum(STAGE_COST.values())

@@ -4,6 +4,8 @@ state file, the budget rule and the output split. Blobs are tiny safetensors mad
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -353,3 +355,213 @@ def test_cycle_message_follows_the_data_and_prepare_refuses(store: BlobStore, da
     with pytest.raises(PipelineInvalidError) as err:
         prepare(p, store)
     assert err.value.problems == ["cycle: a -> b -> c -> a"] and err.value.exit_code == 2
+
+
+# ---------------------------------------------------------------------------------------------- never paying twice
+# The runner's retry decision (`plan_stage`) as a table, then `_Run` itself against a fake requester (a real
+# RequesterStore, a dict for the chain): a failed stage whose job opened, or may have, is resumed, never bought
+# again; a job that settled without a result is bought again with its real cost counted.
+from types import SimpleNamespace  # noqa: E402
+
+from marketplace.errors import RpcUnreachableError  # noqa: E402
+from marketplace.pipeline.runner import _Run, cost_of, plan_stage  # noqa: E402
+from marketplace.requester.store import RequesterStore  # noqa: E402
+from marketplace.types import Outcome  # noqa: E402
+
+ANN, JOB = "0x" + "a1" * 32, "0x" + "b2" * 32
+
+
+def _row(state: str, job_id: str | None = None, error: str | None = None) -> Any:
+    return SimpleNamespace(ann_id=ANN, job_id=job_id, state=state, error=error)
+
+
+@pytest.mark.parametrize(("ann", "row", "outcome", "action"), [
+    (None, None, None, "submit"),  # nothing announced yet
+    (ANN, None, None, "hold"),  # the database cannot say whether it opened
+    (ANN, _row("announced"), None, "submit"),  # the bid window died with the process
+    (ANN, _row("no-bids"), None, "submit"),
+    (ANN, _row("failed", error="open job: reverted"), None, "submit"),  # definite revert / proven never opened
+    (ANN, _row("opening", error="openJob 0x.. is still pending"), None, "hold"),  # may still be mined
+    (ANN, _row("open", JOB), None, "resume"),  # opened: watched again, whatever the stage's status says
+    (ANN, _row("committed", JOB), None, "resume"),
+    (ANN, _row("revealed", JOB), None, "resume"),
+    (ANN, _row("settled", JOB), None, "finish"),  # paid and verified: only the bookkeeping is left
+    (ANN, _row("failed", JOB), None, "resume"),  # a failed row whose job the chain shows unsettled
+    (ANN, _row("failed", JOB), "completed", "refetch"),  # completed on chain: fetch the outputs, never re-buy
+    (ANN, _row("failed", JOB), "expired", "submit"),  # settled without a result: bought again
+    (ANN, _row("failed", JOB), "no_majority", "submit"),
+])
+def test_plan_stage_resubmits_only_jobs_that_never_opened_or_settled_without_result(
+        ann: str | None, row: Any, outcome: str | None, action: str) -> None:
+    plan = plan_stage(ann, row, outcome)
+    assert plan.action == action, plan
+    assert plan.reason
+
+
+def test_cost_of_a_settled_job_is_prices_less_refund() -> None:
+    winners = [{"price": str(to_wei(1))}, {"price": str(to_wei(1))}]
+    assert cost_of({"refund": str(to_wei("0.5"))}, winners) == to_wei("1.5")
+    assert cost_of({"refund": "0", "winners": [{"price": "7"}]}, winners) == 7  # the file's winners win
+    assert cost_of({"refund": str(to_wei(3))}, winners) == 0
+
+
+TRAIN_TENSORS = {"layers.0.weight": np.ones((4, 8), np.float32), "layers.0.bias": np.zeros(4, np.float32),
+                 "layers.1.weight": np.ones((3, 4), np.float32), "layers.1.bias": np.zeros(3, np.float32),
+                 "loss_curve": np.array([2.0, 1.0], np.float32)}
+
+
+class FakeRequester:
+    """What `_Run` uses of a `Requester`: store, market.job, recover_opened, submit, resume_job, wait. The
+    chain is `jobs` (job id -> outcome, refund); `wait` settles a job as completed with real output files."""
+
+    def __init__(self, tmp: Path, price: int) -> None:
+        self.tmp, self.price = tmp, price
+        self.store = RequesterStore(tmp / "requester.db")
+        self.jobs: dict[str, dict[str, Any]] = {}
+        self.submits = 0
+        self.resume_errors: list[Exception] = []  # raised by resume_job, one per call, first
+        self.recover: Callable[[Any], None] = lambda row: None
+        self.market = SimpleNamespace(job=self._view)
+        from marketplace.canonical import canonical_hash
+
+        self.result = canonical_hash(TRAIN_TENSORS).hex
+
+    def _view(self, job_id: str) -> Any:
+        j = self.jobs[job_id.lower()]
+        return SimpleNamespace(settled=j["outcome"] is not None, outcome=j["outcome"],
+                               settlement={"result": bytes.fromhex(self.result[2:]), "refund": j["refund"],
+                                           "paidMask": 1, "slashedMask": 0, "compensation": 0})
+
+    def add(self, state: str, *, job: str | None = None, out_dir: Path | None = None,
+            outcome: Outcome | None = None, refund: int = 0) -> str:
+        """A requester row (and chain job) as an earlier process left it; returns its announcement id."""
+        ann = "0x" + os.urandom(32).hex()
+        self.store.add_job(ann_id=ann, announcement={}, spec_hash="0x" + "0" * 64, spec_path=None, k=1,
+                           max_price=self.price, out_dir=str(out_dir) if out_dir else None)
+        winners = [{"index": 0, "provider": ADDR, "peer": "p", "price": str(self.price), "collateral": "0"}]
+        self.store.update_job(ann, state=state, job_id=job, winners=winners if job else [])
+        if job:
+            self.jobs[job] = {"outcome": outcome, "refund": refund, "ann": ann}
+        return ann
+
+    def recover_opened(self, row: Any) -> None:
+        self.recover(row)
+
+    async def submit(self, spec: Any, *, out_dir: Path, on_announced: Callable[[str], None], **_: Any) -> Any:
+        self.submits += 1
+        job = "0x" + os.urandom(32).hex()
+        ann = self.add("open", job=job, out_dir=out_dir)
+        on_announced(ann)
+        row = self.store.job(ann)
+        return SimpleNamespace(job_id=job, winners=row.winners)  # type: ignore[union-attr]
+
+    async def resume_job(self, ann_id: str) -> Any:
+        if self.resume_errors:
+            raise self.resume_errors.pop(0)
+        row = self.store.job(ann_id)
+        return None if row is None or row.state in ("settled", "no-bids") else row
+
+    async def wait(self, row: Any) -> dict[str, Any]:
+        """The job completes: outputs in its folder, settlement.json, then the state (the engine's order)."""
+        out = Path(row.out_dir)
+        _result(out, TRAIN_TENSORS)
+        self.jobs[row.job_id] = {**self.jobs[row.job_id], "outcome": Outcome.COMPLETED}
+        doc = {"jobId": row.job_id, "outcome": "completed", "result": self.result, "winners": row.winners,
+               "refund": "0", "outputsVerified": True}
+        (out / "settlement.json").write_text(json.dumps(doc))
+        self.store.update_job(row.ann_id, state="settled")
+        return doc
+
+
+def _run_once(p: Any, st: PipelineState, fake: FakeRequester, store: BlobStore) -> list[Any]:
+    import trio
+
+    events: list[Any] = []
+    trio.run(_Run(p, st, fake, store, events.append).run)
+    return events
+
+
+def test_a_failed_stage_whose_job_is_open_is_resumed_not_bought_again(tmp_path: Path, store: BlobStore,
+                                                                      data: dict[str, str]) -> None:
+    """A transient RPC error after the job opened fails the stage; the next run waits for that same job."""
+    p = pipe({"train": train(data)}, budget=1)
+    st = PipelineState.open(tmp_path / "st", p, ADDR)
+    fake = FakeRequester(tmp_path, to_wei(1))
+    fake.resume_errors.append(RpcUnreachableError("RPC stopped answering during job: ReadTimeout"))
+    _run_once(p, st, fake, store)
+    rec = st.stages["train"]
+    assert fake.submits == 1 and rec.status == "failed" and "RPC stopped answering" in (rec.error or "")
+    job = rec.job_id
+    assert job and fake.store.job(job).state == "open"  # type: ignore[union-attr]
+    st = PipelineState.open(tmp_path / "st", p, ADDR)  # a new run reads the state back
+    events = _run_once(p, st, fake, store)
+    rec = st.stages["train"]
+    assert fake.submits == 1, "the open job was bought a second time"
+    assert rec.status == "done" and rec.job_id == job and rec.attempts == []
+    assert int(rec.cost) == to_wei(1) and st.spent() == to_wei(1)
+    assert "resumed" in [e.event for e in events]
+
+
+def test_a_job_that_may_still_open_holds_the_stage_and_its_budget(tmp_path: Path, store: BlobStore,
+                                                                  data: dict[str, str]) -> None:
+    """A stage whose openJob has no receipt is neither bought again nor released: a second stage that fits the
+    budget only without it is refused. Once the job is found, the stage resumes it."""
+    p = pipe({"a": train(data), "b": train(data, max_price="0.5")}, budget="1.4")
+    st = PipelineState.open(tmp_path / "st", p, ADDR)
+    fake = FakeRequester(tmp_path, to_wei(1))
+    rec = st.stages["a"]
+    rec.status, rec.ann_id, rec.error = "failed", fake.add("opening"), "openJob has no receipt"
+    fake.recover = lambda row: fake.store.update_job(row.ann_id, error="openJob 0x.. is still pending")
+    _run_once(p, st, fake, store)
+    assert fake.submits == 0
+    assert rec.status == "failed" and "may still be mined" in (rec.error or "") and "still pending" in rec.error
+    assert st.stages["b"].status == "failed" and (st.stages["b"].error or "").startswith("budget:")
+    assert "held 1 (jobs that may still cost)" in st.stages["b"].error
+    job = "0x" + "c3" * 32
+
+    def adopt(row: Any) -> None:  # the chain now shows the job: recover_opened records it
+        fake.store.update_job(row.ann_id, state="open", job_id=job,
+                              winners=[{"index": 0, "provider": ADDR, "peer": "p", "price": str(to_wei(1)),
+                                        "collateral": "0"}], out_dir=str(tmp_path / "adopted"))
+        fake.jobs[job] = {"outcome": None, "refund": 0}
+
+    fake.recover = adopt
+    st = PipelineState.open(tmp_path / "st", p, ADDR)
+    _run_once(p, st, fake, store)
+    assert fake.submits == 0 and st.stages["a"].status == "done" and st.stages["a"].job_id == job
+
+
+def test_a_job_that_settled_without_result_is_bought_again_with_its_cost_counted(
+        tmp_path: Path, store: BlobStore, data: dict[str, str]) -> None:
+    """No settlement.json (a crash lost it): the cost comes from the chain, counts in `spent`, then a new job."""
+    p = pipe({"train": train(data)}, budget=3)
+    st = PipelineState.open(tmp_path / "st", p, ADDR)
+    fake = FakeRequester(tmp_path, to_wei(1))
+    old = "0x" + "d4" * 32
+    rec = st.stages["train"]
+    rec.status, rec.error = "failed", "RPC stopped answering"
+    rec.ann_id = fake.add("failed", job=old, out_dir=tmp_path / "old", outcome=Outcome.NO_MAJORITY,
+                          refund=to_wei("0.25"))
+    _run_once(p, st, fake, store)
+    assert fake.submits == 1 and rec.status == "done" and rec.job_id != old
+    assert [(a["job_id"], int(a["cost"])) for a in rec.attempts] == [(old, to_wei("0.75"))]
+    assert st.spent() == to_wei("1.75")
+    rebuilt = json.loads((tmp_path / "old" / "settlement.json").read_text())
+    assert rebuilt["outcome"] == "no_majority" and rebuilt["rebuilt"]
+
+
+def test_a_settled_job_whose_settlement_file_is_missing_is_finished_from_the_chain(
+        tmp_path: Path, store: BlobStore, data: dict[str, str]) -> None:
+    p = pipe({"train": train(data)}, budget=1)
+    st = PipelineState.open(tmp_path / "st", p, ADDR)
+    fake = FakeRequester(tmp_path, to_wei(1))
+    job, out = "0x" + "e5" * 32, tmp_path / "out"
+    _result(out, TRAIN_TENSORS)  # outputs verified and moved in; settlement.json never written
+    rec = st.stages["train"]
+    rec.status, rec.ann_id, rec.job_id = "open", fake.add("settled", job=job, out_dir=out,
+                                                          outcome=Outcome.COMPLETED), job
+    _run_once(p, st, fake, store)
+    assert fake.submits == 0 and rec.status == "done" and int(rec.cost) == to_wei(1)
+    assert sorted(load_tensors(store.get_bytes(rec.outputs["weights"]))) == sorted(
+        k for k in TRAIN_TENSORS if k != "loss_curve")
+    assert json.loads((out / "settlement.json").read_text())["result"] == fake.result
