@@ -99,7 +99,20 @@ class Device(_Strict):
     min_memory_mb: int = Field(default=0, ge=0)
 
 
-class JobSpec(_Strict):
+class _Canonical(_Strict):
+    """A spec with one canonical encoding whose keccak is the hash it carries on chain and in bids."""
+
+    def canonical_json(self) -> bytes:
+        """The one canonical encoding: JSON, sorted keys, no whitespace, every default written out."""
+        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"),
+                          ensure_ascii=False, allow_nan=False).encode()
+
+    def spec_hash(self) -> bytes:
+        """keccak256 of the canonical encoding: the `specHash` that bids and jobs carry on chain."""
+        return keccak(self.canonical_json())
+
+
+class JobSpec(_Canonical):
     """One job. `data` maps input names to safetensors blobs: `inputs` always, `labels` for train / finetune /
     evaluate. Outputs: inference -> `logits` (or `labels` under the label profile); train / finetune -> the
     trained weights; evaluate -> `loss` and `accuracy`."""
@@ -135,16 +148,6 @@ class JobSpec(_Strict):
             raise ValueError("the label profile applies to inference jobs only")
         return self
 
-    # ------------------------------------------------------------------ encodings
-    def canonical_json(self) -> bytes:
-        """The one canonical encoding: JSON, sorted keys, no whitespace, every default written out."""
-        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"),
-                          ensure_ascii=False, allow_nan=False).encode()
-
-    def spec_hash(self) -> bytes:
-        """keccak256 of the canonical encoding: the `specHash` that bids and jobs carry on-chain."""
-        return keccak(self.canonical_json())
-
     def blobs(self) -> list[str]:
         """Every blob id this job needs."""
         ids = list(self.data.values())
@@ -166,14 +169,21 @@ def parse_spec(data: Any, *, source: str = "spec") -> JobSpec:
         raise SpecError(f"{source}: invalid spec: {problems}") from None
 
 
-def load_spec(path: Path) -> JobSpec:
-    """Read a YAML or JSON spec file. Raises SpecError."""
+def read_document(path: Path | str, *, what: str = "spec", error: type[Exception] = SpecError) -> Any:
+    """A YAML (or, for a `.json` name, JSON) file decoded: specs, collab specs and pipelines all read this way.
+    Raises `error` (SpecError by default) naming the file for an unreadable file or a syntax error."""
+    path = Path(path)
     try:
         text = path.read_text()
     except OSError as err:
-        raise SpecError(f"cannot read spec {path}: {err.strerror}") from None
+        raise error(f"cannot read {what} {path}: {err.strerror}") from None
+    is_json = path.suffix == ".json"
     try:
-        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+        return json.loads(text) if is_json else yaml.safe_load(text)
     except (ValueError, yaml.YAMLError) as err:
-        raise SpecError(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {err}") from None
-    return parse_spec(data, source=str(path))
+        raise error(f"{path}: not valid {'JSON' if is_json else 'YAML'}: {err}") from None
+
+
+def load_spec(path: Path) -> JobSpec:
+    """Read a YAML or JSON spec file. Raises SpecError."""
+    return parse_spec(read_document(path), source=str(path))

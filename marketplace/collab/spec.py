@@ -18,20 +18,28 @@ Why the pieces are what they are:
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import yaml
-from eth_utils import keccak
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from marketplace.archs import get_arch
 from marketplace.blobs import BlobStore
 from marketplace.errors import SpecError
-from marketplace.spec import BlobId, Device, JobSpec, Limits, ModelRef, Profile, Training, _Strict
+from marketplace.spec import (
+    BlobId,
+    Device,
+    JobSpec,
+    Limits,
+    ModelRef,
+    Profile,
+    Training,
+    _Canonical,
+    _Strict,
+    read_document,
+)
 from marketplace.tensors import dump_tensors, load_tensors
 
 Rule = Literal["fedavg", "trimmed_mean", "median", "krum"]
@@ -69,7 +77,7 @@ class Checks(_Strict):
         return v
 
 
-class CollabSpec(_Strict):
+class CollabSpec(_Canonical):
     """One collaborative training job: `rounds` rounds, each training every participant's shard for
     `training.epochs` local epochs from the current global model, then aggregating with `aggregation`."""
 
@@ -114,16 +122,6 @@ class CollabSpec(_Strict):
                              f"{2 * trim + 2}, got {m}")
         return self
 
-    # ------------------------------------------------------------------ encodings
-    def canonical_json(self) -> bytes:
-        """The one canonical encoding: JSON, sorted keys, no whitespace, every default written out."""
-        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"),
-                          ensure_ascii=False, allow_nan=False).encode()
-
-    def spec_hash(self) -> bytes:
-        """keccak256 of the canonical encoding: the spec hash the collab job carries on chain and in bids."""
-        return keccak(self.canonical_json())
-
     def blobs(self) -> list[str]:
         """Every blob the requester needs: the training set and the initial weights."""
         assert self.model.weights is not None  # validated
@@ -150,16 +148,7 @@ def _problem(e: Any) -> str:
 
 def load_collab_spec(path: Path) -> CollabSpec:
     """Read a YAML or JSON collab spec file. Raises SpecError."""
-    try:
-        text = Path(path).read_text()
-    except OSError as err:
-        raise SpecError(f"cannot read spec {path}: {err.strerror}") from None
-    is_json = Path(path).suffix == ".json"
-    try:
-        data = json.loads(text) if is_json else yaml.safe_load(text)
-    except (ValueError, yaml.YAMLError) as err:
-        raise SpecError(f"{path}: not valid {'JSON' if is_json else 'YAML'}: {err}") from None
-    return parse_collab_spec(data, source=str(path))
+    return parse_collab_spec(read_document(path, what="collab spec"), source=str(path))
 
 
 # ---------------------------------------------------------------------- shards

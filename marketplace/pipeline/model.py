@@ -21,12 +21,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 from eth_utils import keccak
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from marketplace.errors import AgoraError, SpecError
-from marketplace.spec import JobSpec, parse_spec
+from marketplace.spec import JobSpec, parse_spec, read_document
 
 PIPELINE_VERSION = 1
 #: `${stage.output}`: the whole string, nothing around it.
@@ -285,14 +284,7 @@ def _load_spec_data(spec: str | dict[str, Any], base: Path | None) -> tuple[dict
     path = Path(spec)
     if not path.is_absolute() and base is not None:
         path = base / path
-    try:
-        text = path.read_text()
-    except OSError as err:
-        raise SpecError(f"cannot read spec {path}: {err.strerror}") from None
-    try:
-        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (ValueError, yaml.YAMLError) as err:
-        raise SpecError(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {err}") from None
+    data = read_document(path)
     if not isinstance(data, dict):
         raise SpecError(f"{path}: a spec is a mapping")
     return data, str(path)
@@ -366,12 +358,5 @@ def parse_pipeline(data: Any, *, base: Path | None = None, source: str = "pipeli
 def load_pipeline(path: Path | str) -> Pipeline:
     """Read a pipeline file (YAML or JSON). Raises PipelineError."""
     path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as err:
-        raise PipelineError(f"cannot read pipeline {path}: {err.strerror}") from None
-    try:
-        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (ValueError, yaml.YAMLError) as err:
-        raise PipelineError(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {err}") from None
+    data = read_document(path, what="pipeline", error=PipelineError)
     return parse_pipeline(data, base=path.parent, source=str(path), path=path.resolve())
