@@ -120,16 +120,24 @@ def _requester(tmp: Path) -> tuple[Any, Any, Any, Any]:
     from marketplace.client import ChainClient
     from marketplace.config import load_settings
     from marketplace.market import Market
-    from marketplace.p2p import identity_key_path, load_or_create_key
     from marketplace.requester import RequesterStore
     from marketplace.wallet import load_account
 
     settings = load_settings()
     account = load_account(account="requester", password_file=None, settings=settings)
     market = Market(ChainClient.open(settings.rpc_url, settings.deployments_dir, account=account))
-    key = load_or_create_key(identity_key_path(settings.keystore_dir, account.address))
     store = RequesterStore.for_account(settings.home, account.address)
-    return market, store, BlobStore(tmp / "home" / "blobs"), key
+    return market, store, BlobStore(tmp / "home" / "blobs"), None
+
+
+def _fresh_key(tmp: Path) -> Any:
+    """A new libp2p identity for each requester host this process opens. A host closed in-process can leave
+    the nodes holding a half-open connection to its peer id for a liveness period (one connection per peer),
+    so a second host with the SAME id, opened at once, may not reach them (a CLI process exiting closes its
+    sockets and does not hit this)."""
+    from marketplace.p2p import load_or_create_key
+
+    return load_or_create_key(tmp / "keys" / f"{os.urandom(6).hex()}.key")
 
 
 # ---------------------------------------------------------------------------------------------------- collab
@@ -145,7 +153,7 @@ def collab_section(net: Net, *, ms: list[int], rounds: int) -> dict[str, Any]:
     from node.collab import evaluate_accuracy, train_round
     from node.sandbox import Sandbox
 
-    market, store, blobs, key = _requester(net.tmp)
+    market, store, blobs, _ = _requester(net.tmp)
     base = yaml.safe_load((net.tmp / "specs" / "collab" / "mlp-collab.yaml").read_text())
     test = _make_examples_module().collab_test_blobs()
     x_test = load_tensors(blobs.get_bytes(test["inputs"]))
@@ -157,7 +165,8 @@ def collab_section(net: Net, *, ms: list[int], rounds: int) -> dict[str, Any]:
         return parse_collab_spec(doc, source=f"collab m={m}")
 
     async def main() -> None:
-        async with Requester.open(market, store=store, blobs=blobs, key=key, bootstrap=[net.bootstrap],
+        async with Requester.open(market, store=store, blobs=blobs, key=_fresh_key(net.tmp),
+                                  bootstrap=[net.bootstrap],
                                   progress=lambda _m: None) as req:
             for m in ms:
                 net.say(f"collab: m = {m}, {rounds} rounds")
@@ -217,7 +226,7 @@ def pipeline_section(net: Net, *, repeats: int) -> dict[str, Any]:
     from marketplace.pipeline.model import load_pipeline
     from marketplace.pipeline.runner import run_pipeline, split_outputs
     from marketplace.requester import Requester
-    market, store, blobs, key = _requester(net.tmp)
+    market, store, blobs, _ = _requester(net.tmp)
     src = ROOT / "examples" / "pipelines" / "mlp-train-evaluate.yaml"
     pipe_file = net.tmp / "pipelines" / src.name
     pipe_file.parent.mkdir(parents=True, exist_ok=True)
@@ -228,7 +237,7 @@ def pipeline_section(net: Net, *, repeats: int) -> dict[str, Any]:
 
     async def by_pipeline(n: int) -> float:
         t0 = time.perf_counter()
-        report = await run_pipeline(pipe, market=market, store=store, blobs=blobs, key=key,
+        report = await run_pipeline(pipe, market=market, store=store, blobs=blobs, key=_fresh_key(net.tmp),
                                     state_dir=net.tmp / "pstate" / str(n), bootstrap=[net.bootstrap], approve=True)
         wall = time.perf_counter() - t0
         if not report.ok:
@@ -238,7 +247,8 @@ def pipeline_section(net: Net, *, repeats: int) -> dict[str, Any]:
     async def by_hand(n: int) -> float:
         t0 = time.perf_counter()
         outputs: dict[str, dict[str, str]] = {}
-        async with Requester.open(market, store=store, blobs=blobs, key=key, bootstrap=[net.bootstrap],
+        async with Requester.open(market, store=store, blobs=blobs, key=_fresh_key(net.tmp),
+                                  bootstrap=[net.bootstrap],
                                   progress=lambda _m: None) as req:
             await req.ensure_funds(sum(pipe.stages[s].reserve for s in order), approve=True)
             for name in order:

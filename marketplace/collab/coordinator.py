@@ -168,12 +168,13 @@ class CollabCoordinator:
         return self._take_update(msg).encode()
 
     def _take_update(self, msg: UpdateMsg) -> P.Ack:
-        if msg.round != self.round:
-            return P.Ack(ok=False, reason=f"round {msg.round} is not the current round {self.round}")
         key = msg.provider.lower()
-        if key in self.inbox:
-            same = self.inbox[key].update == msg.update
+        held = self.inbox.get(key)
+        if held is not None and held.round == msg.round:  # the same update by the other path (gossip or push)
+            same = held.update == msg.update
             return P.Ack(ok=same, reason="" if same else "a different update for this round was already sent")
+        if msg.round != self.round:
+            return P.Ack(ok=False, reason=f"round {msg.round} is not open (the current round is {self.round})")
         self.inbox[key] = msg
         self.arrived.set()
         return P.Ack(ok=True)
