@@ -549,7 +549,10 @@ class Agent:
         if self._collab_chain is None:
             from marketplace.collab.chain import CollabChain
 
-            self._collab_chain = CollabChain(self.client)
+            try:
+                self._collab_chain = CollabChain(self.client)
+            except AgoraError as err:  # a deployment from before CollabMarket
+                return False, str(err)
         if self._collab_chain.address.lower() != msg.collab.lower():
             return False, f"collab contract {msg.collab} is not the deployment's {self._collab_chain.address}"
         part = CollabParticipant(agent=self, msg=msg, bid=bid, chain=self._collab_chain)
