@@ -325,6 +325,9 @@ class Agent:
         assert self.device is not None
         topics = []
         for kind in self.config.kinds:
+            if kind == "collab" and not self.client.deployment.collab:
+                log.warning("this deployment has no CollabMarket: not taking collab jobs (redeploy to get one)")
+                continue
             topic = job_topic(kind, self.device.device_class)
             self.host.gossip.set_validator(topic, functools.partial(self.validate_announce, topic))
             sub = await self.host.gossip.subscribe(topic)
