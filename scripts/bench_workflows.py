@@ -48,6 +48,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 from _bench_jobs import _Proc  # noqa: E402
 
 LINK_BYTES_PER_S = 125e6  # 1 Gbit/s: a LAN between provider machines
+HEAVY_EPOCHS = 20  # local epochs of the heavier round the speed-up is also estimated for
 PROVIDERS = 4
 
 
@@ -146,11 +147,11 @@ def collab_section(net: Net, *, ms: list[int], rounds: int) -> dict[str, Any]:
 
     from marketplace.collab.chain import CollabChain
     from marketplace.collab.coordinator import CollabCoordinator
-    from marketplace.collab.spec import make_shards, parse_collab_spec
+    from marketplace.collab.spec import parse_collab_spec
     from marketplace.requester import Requester
     from marketplace.tensors import load_tensors
     from marketplace.types import to_wei
-    from node.collab import evaluate_accuracy, train_round
+    from node.collab import evaluate_accuracy
     from node.sandbox import Sandbox
 
     market, store, blobs, _ = _requester(net.tmp)
@@ -192,19 +193,38 @@ def collab_section(net: Net, *, ms: list[int], rounds: int) -> dict[str, Any]:
                         f"{report['bytesPerRound']:,.0f} B/round")
 
     trio.run(main)
-    # Compute alone, per shard size: what one dedicated machine per provider would spend on its shard.
+    # Compute alone, per shard size: what one dedicated machine per provider would spend on its shard; also for
+    # a heavier round (HEAVY_EPOCHS local epochs) to show where the speed-up goes as compute grows.
+    with Sandbox(blobs, workers_dir=net.tmp / "sandbox") as sandbox:
+        alone = _alone(sandbox, spec_for, ms, net.tmp / "alone", blobs)
+        heavy_spec = lambda m: spec_for(m).model_copy(  # noqa: E731
+            update={"training": spec_for(m).training.model_copy(update={"epochs": HEAVY_EPOCHS})})
+        alone_heavy = _alone(sandbox, heavy_spec, ms, net.tmp / "alone-heavy", blobs)
+    coordination = max(0.0, runs[ms[0]]["round_s_median"] - alone[ms[0]])
+    return {"runs": {str(m): r for m, r in runs.items()},
+            "expected_dedicated": _expected(ms, alone, runs, coordination),
+            "expected_dedicated_heavy": {"local_epochs": HEAVY_EPOCHS, **_expected(ms, alone_heavy, runs, coordination)},
+            "dataset": {"train": 4000, "test": 1000, "classes": 10, "features": 32}}
+
+
+def _alone(sandbox: Any, spec_for: Any, ms: list[int], out: Path, blobs: Any) -> dict[int, float]:
+    """Median compute seconds of one round on the first shard of an m-way split, nothing else running."""
+    from marketplace.collab.spec import make_shards
+    from node.collab import train_round
+
     alone: dict[int, float] = {}
     spec1 = spec_for(1)
-    with Sandbox(blobs, workers_dir=net.tmp / "sandbox") as sandbox:
-        for m in ms:
-            shard = make_shards(spec_for(m), blobs, m)[0]
-            times = []
-            for rep in range(3):
-                upd = train_round(sandbox, spec1, str(spec1.model.weights), shard, net.tmp / "alone" / f"{m}-{rep}")
-                times.append(upd.compute_s)
-            alone[m] = statistics.median(times)
-    base_round = runs[ms[0]]["round_s_median"]
-    coordination = max(0.0, base_round - alone[ms[0]])
+    for m in ms:
+        shard = make_shards(spec_for(m), blobs, m)[0]
+        times = [train_round(sandbox, spec1, str(spec1.model.weights), shard, out / f"{m}-{rep}").compute_s
+                 for rep in range(3)]
+        alone[m] = statistics.median(times)
+    return alone
+
+
+def _expected(ms: list[int], alone: dict[int, float], runs: dict[int, dict[str, Any]],
+              coordination: float) -> dict[str, Any]:
+    """Round time with one machine per provider: compute alone + aggregation + coordination + transfer."""
     expected: dict[str, Any] = {}
     for m in ms:
         transfer = runs[m]["bytes_per_round_per_provider"] / LINK_BYTES_PER_S
@@ -215,8 +235,7 @@ def collab_section(net: Net, *, ms: list[int], rounds: int) -> dict[str, Any]:
     r1 = expected[str(ms[0])]["round_s"]
     for m in ms:
         expected[str(m)]["speedup"] = round(r1 / expected[str(m)]["round_s"], 3)
-    return {"runs": {str(m): r for m, r in runs.items()}, "expected_dedicated": expected,
-            "dataset": {"train": 4000, "test": 1000, "classes": 10, "features": 32}}
+    return expected
 
 
 # ---------------------------------------------------------------------------------------------------- pipeline
@@ -295,6 +314,12 @@ def print_table(summary: dict[str, Any], collab: dict[str, Any] | None, pipeline
         for m, e in collab["expected_dedicated"].items():
             rows.append((f"collab m={m}: expected round, one machine each", f"{e['round_s']:.3f} s "
                          f"(speed-up x{e['speedup']:.2f})", "report"))
+        heavy = collab["expected_dedicated_heavy"]
+        for m, e in heavy.items():
+            if m == "local_epochs":
+                continue
+            rows.append((f"collab m={m}: the same, {heavy['local_epochs']} local epochs a round",
+                         f"{e['round_s']:.3f} s (speed-up x{e['speedup']:.2f})", "report"))
         rows.append(("collab accuracy gap m=4 vs m=1", f"{summary['collab_accuracy_gap_points']:.2f} points",
                      "<= 1 point"))
     if pipeline:
@@ -345,6 +370,8 @@ def main(argv: list[str] | None = None) -> int:
         summary["collab_wall_s_by_m"] = {m: r["wall_s"] for m, r in runs.items()}
         summary["collab_accuracy_by_m"] = {m: r["accuracy"] for m, r in runs.items()}
         summary["collab_expected_speedup_by_m"] = {m: e["speedup"] for m, e in collab["expected_dedicated"].items()}
+        summary["collab_expected_speedup_heavy_by_m"] = {
+            m: e["speedup"] for m, e in collab["expected_dedicated_heavy"].items() if m != "local_epochs"}
     if pipeline:
         summary["pipeline_overhead_pct"] = pipeline["overhead_pct"]
     doc = {"summary": summary, "collab": collab, "pipeline": pipeline,
