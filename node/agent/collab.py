@@ -51,6 +51,7 @@ log = logging.getLogger("agora.node.collab")
 
 MAX_SPEC_BYTES = 1 << 20
 POLL_S = 2.0
+DEADLINE_POLL_S = 3.0  # while waiting for a round: how often the chain deadline is checked
 SECP256K1_HALF_N = 0x7FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF5D576E7357A4501DDFE92F46681B20A0
 
 
@@ -223,9 +224,21 @@ class CollabParticipant:
                                                 blob, limit)
         await trio.to_thread.run_sync(self.agent.blobs.put_bytes, data)
 
+    async def _next_round(self) -> RoundMsg | None:
+        """The next round message, or None once the job's chain deadline has passed (chain time is the
+        authority: a requester that vanished must not keep the node waiting for rounds that never come)."""
+        assert self.inbox is not None
+        while True:
+            with trio.move_on_after(DEADLINE_POLL_S):
+                return await self.inbox.receive()
+            if await self.agent.refresh_chain_time() > self.view.deadline:
+                self.state = "deadline"
+                log.info("collab job %s: the chain deadline passed before the last round", self.job_id[:10])
+                return None
+
     async def _rounds(self) -> None:
         assert self.inbox is not None and self.spec is not None
-        async for msg in self.inbox:
+        while (msg := await self._next_round()) is not None:
             if not await self._check_outcome(msg):
                 return
             if msg.done:

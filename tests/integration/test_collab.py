@@ -206,3 +206,50 @@ def test_killed_provider_not_paid_for_missed_rounds(net: MarketNet, honest: dict
     assert all(p["count"] == ROUNDS for p in others)
     assert_settled(net, report, before)
     assert balances(net)["victim"] - before["victim"] == v["count"] * to_wei(CHEAP)
+
+
+def test_requester_vanishes_providers_claim_with_receipts(net: MarketNet, honest: dict[str, NodeProc]) -> None:
+    """The requester is SIGKILLed after two receipted rounds and never settles: after the job's deadline every
+    node claims by itself with its latest receipt, and after the claim window anyone closes the job and the
+    requester gets back exactly the escrow nobody earned. Payments never get stuck."""
+    spec = collab_spec(net, "collab-vanish")
+    before = balances(net)
+    proc = net.requester(collab_argv(net, spec, net.tmp / "out-vanish"), "collab-vanish")
+
+    def collab_jobs() -> list[dict[str, Any]]:
+        return [j for n in honest.values() for j in n.jobs() if j.get("kind") == "collab"
+                and j["state"] == "running"]
+
+    def two_receipts() -> list[dict[str, Any]] | None:
+        jobs = collab_jobs()
+        return jobs if len(jobs) == 3 and all(j["receipt_count"] >= 2 for j in jobs) else None
+
+    jobs = wait_until(two_receipts, 240, "two receipted rounds on every node")
+    proc.kill()
+    proc.wait(30)
+    job_id = jobs[0]["job_id"]
+    c = chain(net)
+    view = c.job(bytes.fromhex(job_id[2:]))
+    assert view.phase == "Open" and view.paid == 0  # never settled
+    net.travel_to(view.deadline + 1)
+
+    def all_claimed() -> Any:
+        v = c.job(bytes.fromhex(job_id[2:]))
+        return v if all(n >= 2 for n in v.counts) else None
+
+    view = wait_until(all_claimed, 120, "every node to claim its receipts")
+    names = {a.lower(): n for n, a in net.addresses.items()}
+    after = balances(net)
+    for i, provider in enumerate(view.providers):
+        name = names[provider.lower()]
+        assert after[name] - before[name] == view.counts[i] * view.prices[i], name
+    assert view.paid == sum(n * p for n, p in zip(view.counts, view.prices, strict=True))
+    assert view.counts[0] <= ROUNDS and view.phase == "Open"
+    net.travel_to(view.deadline + view.claim_window + 1)
+    # anyone may close; alice does here (a fresh client: her requester processes used nonces since set-up)
+    alice = CollabChain(net.market.client.with_account(net.market.client.account))
+    refund_before = alice.balance(net.addresses["alice"])
+    alice.close(bytes.fromhex(job_id[2:]))
+    closed = alice.job(bytes.fromhex(job_id[2:]))
+    assert closed.phase == "Closed"
+    assert alice.balance(net.addresses["alice"]) - refund_before == closed.escrow - closed.paid > 0
