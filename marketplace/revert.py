@@ -141,9 +141,10 @@ def to_agora_error(exc: BaseException, *, action: str, tx_hash: str | None = Non
         return InsufficientFundsError(
             f"{action}: insufficient free stake: {a['provider']} has {from_wei(a['free'])} AGORA free, "
             f"needs {from_wei(a['needed'])} AGORA", error_name=decoded.name, args=a)
-    if decoded.name == "MarketInsufficientWithdrawable":
+    if decoded.name.endswith("InsufficientWithdrawable"):  # JobMarket's and CollabMarket's pull balances
+        which = "collab" if decoded.name.startswith("Collab") else "market"
         return InsufficientFundsError(
-            f"{action}: insufficient market balance: {a['account']} has {from_wei(a['available'])} AGORA, "
+            f"{action}: insufficient {which} balance: {a['account']} has {from_wei(a['available'])} AGORA, "
             f"asked for {from_wei(a['requested'])} AGORA", error_name=decoded.name, args=a)
     return TransactionRevertedError(f"{action} reverted: {decoded}", error_name=decoded.name, args=a,
                                     tx_hash=tx_hash)

@@ -9,24 +9,22 @@ decoded project error and sends nothing.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from eth_abi import decode as abi_decode
 from eth_abi import encode as abi_encode
 from eth_account import Account
 from eth_account.messages import _hash_eip191_message, encode_typed_data
-from eth_utils import function_signature_to_4byte_selector, keccak, to_checksum_address
+from eth_utils import keccak, to_checksum_address
 from web3 import Web3
 from web3.contract import Contract
 from web3.exceptions import ContractLogicError, Web3RPCError
 
 from marketplace.artifacts import load_artifact
 from marketplace.client import ChainClient, TxResult
-from marketplace.errors import AgoraError, DeploymentError, InsufficientFundsError, TransactionRevertedError
-from marketplace.revert import DecodedError, revert_data_of
+from marketplace.errors import AgoraError, DeploymentError, InsufficientFundsError
+from marketplace.revert import decode_revert, revert_data_of, to_agora_error
 from marketplace.types import b32, from_wei
 
 CONTRACT_NAME = "CollabMarket"
@@ -132,58 +130,6 @@ class CollabJobView:
             raise AgoraError(f"{who} is not a participant of collab job {Web3.to_hex(self.job_id)}") from None
 
 
-# ------------------------------------------------------------------ revert decoding
-
-@functools.cache
-def _collab_errors() -> dict[bytes, tuple[str, list[str], list[str]]]:
-    table: dict[bytes, tuple[str, list[str], list[str]]] = {}
-    for item in load_artifact(CONTRACT_NAME)["abi"]:
-        if item.get("type") == "error":
-            types = [i["type"] for i in item["inputs"]]  # CollabMarket's errors have no tuple arguments
-            selector = function_signature_to_4byte_selector(f"{item['name']}({','.join(types)})")
-            table[selector] = (item["name"], types, [i["name"] for i in item["inputs"]])
-    return table
-
-
-def decode_collab_revert(data: Any) -> DecodedError | None:
-    """Decode CollabMarket's custom errors (the shared marketplace.revert table knows only the market's)."""
-    if isinstance(data, str) and data.startswith("0x"):
-        try:
-            data = bytes.fromhex(data[2:])
-        except ValueError:
-            return None
-    if not isinstance(data, (bytes, bytearray)) or len(data) < 4:
-        return None
-    entry = _collab_errors().get(bytes(data[:4]))
-    if entry is None:
-        return None
-    name, types, names = entry
-    try:
-        values = abi_decode(types, bytes(data[4:]))
-    except Exception:  # malformed payload: the name alone still says what went wrong
-        return DecodedError(name, {})
-    return DecodedError(name, {n.rstrip("_"): (to_checksum_address(v) if t == "address" else v)
-                               for n, t, v in zip(names, types, values)})
-
-
-def collab_error(decoded: DecodedError, *, action: str, tx_hash: str | None = None) -> AgoraError:
-    """One-line project error for a decoded CollabMarket revert; money shortfalls carry both amounts."""
-    a, name = decoded.args, decoded.name
-    if name == "CollabInsufficientAllowance":
-        return InsufficientFundsError(
-            f"{action}: insufficient allowance: {a['owner']} allows {from_wei(a['allowance'])} AGORA to the "
-            f"collab market, needs {from_wei(a['needed'])} AGORA", error_name=name, args=a)
-    if name == "CollabInsufficientBalance":
-        return InsufficientFundsError(
-            f"{action}: insufficient token balance: {a['owner']} has {from_wei(a['balance'])} AGORA, "
-            f"needs {from_wei(a['needed'])} AGORA", error_name=name, args=a)
-    if name == "CollabInsufficientWithdrawable":
-        return InsufficientFundsError(
-            f"{action}: insufficient collab balance: {a['account']} has {from_wei(a['available'])} AGORA, "
-            f"asked for {from_wei(a['requested'])} AGORA", error_name=name, args=a)
-    return TransactionRevertedError(f"{action} reverted: {decoded}", error_name=name, args=a, tx_hash=tx_hash)
-
-
 _REVERTS: tuple[type[BaseException], ...] = (ContractLogicError, Web3RPCError, ValueError)
 
 
@@ -264,7 +210,7 @@ class CollabChain:
                                                 int(claim_window), seats, [int(p) for p in prices])
         if escrow > 0 and approve:
             self._ensure_allowance(fn, escrow)
-        result = self._send(fn, "open collab job")
+        result = self.client.transact(fn, action="open collab job")
         return job_id_for(self.client.address, salt), result
 
     def settle(self, job_id: bytes, model_hash: bytes, counts: Sequence[int]) -> TxResult:
@@ -273,19 +219,19 @@ class CollabChain:
         Claims stay open, and the job unclosable, until max(now, deadline) + claim_window: settling early
         does not let the requester take the escrow back before the providers' receipts are due."""
         fn = self.contract.functions.settle(b32(job_id), b32(model_hash), [int(c) for c in counts])
-        return self._send(fn, "settle collab job")
+        return self.client.transact(fn, action="settle collab job")
 
     # ------------------------------------------------------------ providers, anyone
     def claim(self, job_id: bytes, index: int, count: int, sig: Signature) -> TxResult:
         """Credit providers[index] for a requester-signed receipt above its recorded count (any sender)."""
         v, r, s = sig
         fn = self.contract.functions.claim(b32(job_id), int(index), int(count), int(v), b32(r), b32(s))
-        return self._send(fn, "claim contribution")
+        return self.client.transact(fn, action="claim contribution")
 
     def close(self, job_id: bytes) -> TxResult:
         """Refund the unspent escrow to the requester once claims are over (any sender): after claim_end,
         or deadline + claim_window when never settled (`CollabJobView.claims_end`)."""
-        return self._send(self.contract.functions.close(b32(job_id)), "close collab job")
+        return self.client.transact(self.contract.functions.close(b32(job_id)), action="close collab job")
 
     def withdraw(self, amount: int | None = None) -> TxResult:
         """Withdraw `amount` (default: everything) of this account's collab balance as tokens."""
@@ -294,7 +240,8 @@ class CollabChain:
             if amount == 0:
                 raise InsufficientFundsError(
                     f"withdraw: {self.client.address} has nothing to withdraw from the collab market")
-        return self._send(self.contract.functions.withdraw(int(amount)), "withdraw from collab market")
+        return self.client.transact(self.contract.functions.withdraw(int(amount)),
+                                    action="withdraw from collab market")
 
     # ------------------------------------------------------------ internals
     def _ensure_allowance(self, open_fn: Any, amount: int) -> None:
@@ -316,26 +263,12 @@ class CollabChain:
             raise refusal
         self.client.transact(token.approve(self.address, amount), action="approve collab market")
 
-    def _send(self, fn: Any, action: str) -> TxResult:
-        """client.transact, with CollabMarket's custom errors decoded when the shared table does not know them
-        (the failed call is simulated once more to get its revert data)."""
-        try:
-            return self.client.transact(fn, action=action)
-        except TransactionRevertedError as err:
-            if err.error_name is not None:
-                raise
-            raise self._explain(fn, action, err) from None
-
-    def _explain(self, fn: Any, action: str, original: TransactionRevertedError) -> AgoraError:
-        return self._refusal(fn, action, tx_hash=original.tx_hash) or original
-
-    def _refusal(self, fn: Any, action: str, *, tx_hash: str | None = None) -> AgoraError | None:
+    def _refusal(self, fn: Any, action: str) -> AgoraError | None:
         """The decoded error `fn` reverts with when simulated now; None if it would succeed or the revert is
-        not one of CollabMarket's."""
+        not one the project's ABIs know."""
         try:
             fn.call({"from": self.client.address})
         except _REVERTS as exc:
-            decoded = decode_collab_revert(revert_data_of(exc))
-            if decoded is not None:
-                return collab_error(decoded, action=action, tx_hash=tx_hash)
+            if decode_revert(revert_data_of(exc)) is not None:
+                return to_agora_error(exc, action=action)
         return None
