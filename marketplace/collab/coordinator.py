@@ -57,7 +57,6 @@ from marketplace.types import from_wei
 
 log = logging.getLogger("agora.collab")
 
-ASSIGN_TIMEOUT_S = 10.0
 PUSH_TIMEOUT_S = 5.0
 FETCH_TIMEOUT_S = 30.0
 DEADLINE_SLACK_S = 180  # on top of the rounds: assignment, settlement
@@ -268,21 +267,12 @@ class CollabCoordinator:
                       + ", ".join(f"{p.provider} at {from_wei(p.price)}/round" for p in self.participants))
 
     async def _assign(self, ann_id: str) -> None:
+        """Tell every participant its index and shard; one that refuses or cannot be reached is not waited for."""
         async def tell(p: Participant) -> None:
             msg = CollabAssigned(ann=ann_id, job_id=self.job_id, collab=to_checksum_address(self.chain.address),
                                  index=p.index, shard=Shard(**p.shard))
-            for attempt in range(3):
-                try:
-                    reply = P.decode(await self.req.node.request(_info(p.peer), P.ASSIGN_PROTOCOL, msg.encode(),
-                                                                 timeout=ASSIGN_TIMEOUT_S), P.Ack)
-                    if not reply.ok:
-                        self.progress(f"{p.provider} refused the assignment: {reply.reason}")
-                        p.waiting = False
-                    return
-                except (P2PError, P.ProtocolError) as err:
-                    self.progress(f"assign to {p.provider} (try {attempt + 1}): {err}")
-                    await trio.sleep(1 + attempt)
-            p.waiting = False
+            if not await self.req._assign(p, msg):
+                p.waiting = False
 
         async with trio.open_nursery() as nursery:
             for p in self.participants:

@@ -574,18 +574,21 @@ class Requester:
         return JobFailedError(f"openJob {tx or '(hash unknown)'} has no receipt ({what}): the job may still open; "
                               f"`agora job resume` (or rerunning the pipeline) will find it")
 
-    async def _assign(self, w: _Winner, msg: P.Assigned) -> None:
-        """Tell a winner; a provider that misses it still finds the assignment on chain (JobAssigned)."""
+    async def _assign(self, w: Any, msg: Any) -> bool:
+        """Tell a winner (anything with `peer` and `provider`) its assignment (`Assigned`, or `CollabAssigned`)
+        on /agora/assign/1, three tries; True when it acknowledged. A provider that misses a job's Assigned
+        still finds the assignment on chain (JobAssigned)."""
         for attempt in range(3):
             try:
                 reply = P.decode(await self.node.request(_info(w.peer), P.ASSIGN_PROTOCOL, msg.encode(), timeout=10),
                                  P.Ack)
                 if not reply.ok:
                     self.progress(f"provider {w.provider} refused assignment: {reply.reason}")
-                return
+                return bool(reply.ok)
             except (P2PError, P.ProtocolError) as err:
                 self.progress(f"assign to {w.provider} (try {attempt + 1}): {err}")
                 await trio.sleep(1 + attempt)
+        return False
 
     def _nudge_winners(self, active: _Active) -> None:
         """Hint every winner that the job changed on chain, so it reveals without waiting for its next poll."""
