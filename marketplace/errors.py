@@ -39,6 +39,14 @@ class RpcUnreachableError(AgoraError, ConnectionError):
     """The JSON-RPC endpoint does not answer."""
 
 
+class ReceiptTimeoutError(AgoraError, TimeoutError):
+    """A transaction was sent but no receipt arrived in time: it may still be mined. `tx_hash` names it."""
+
+    def __init__(self, message: str, *, tx_hash: str) -> None:
+        super().__init__(message)
+        self.tx_hash = tx_hash
+
+
 class DeploymentError(AgoraError, LookupError):
     """No (or a stale) deployment file for this chain."""
 
@@ -64,6 +72,11 @@ class TransactionRevertedError(AgoraError, RuntimeError):
         self.error_name = error_name
         self.error_args = args or {}
         self.tx_hash = tx_hash
+
+
+class NonceTooLowError(TransactionRevertedError):
+    """The node refused a transaction because its nonce was already used (another process of the same account
+    sent one); the client has forgotten its cached nonce, so sending again signs with a fresh one."""
 
 
 class SpecError(AgoraError, ValueError):
