@@ -6,6 +6,8 @@ catch either. The CLI prints `str(err)` as one line and exits with `err.exit_cod
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class AgoraError(Exception):
     """Base of all tensoragora errors."""
@@ -108,3 +110,16 @@ class ResultMismatchError(AgoraError, ValueError):
     def __init__(self, message: str, *, tensor: str | None = None) -> None:
         super().__init__(message)
         self.tensor = tensor
+
+
+class NoAcceptableBidsError(AgoraError):
+    """Fewer acceptable bids than replicas: nothing was sent to the chain. `explanation` (a
+    `marketplace.requester.Explanation`) says why, bid by bid."""
+
+    def __init__(self, explanation: Any) -> None:
+        super().__init__(explanation.summary)
+        self.explanation = explanation
+
+
+class JobFailedError(AgoraError):
+    """A job could not be opened or did not settle with a result."""
