@@ -123,10 +123,10 @@ class ChainClient:
             raise ConfigError("this command needs an account: pass --account NAME (see `agora wallet list`)")
         return self.account.address
 
-    def call(self, fn: ContractFunction, *, action: str = "call") -> Any:
-        """Run a view function; reverts become project errors."""
+    def call(self, fn: ContractFunction, *, action: str = "call", block: int | str = "latest") -> Any:
+        """Run a view function (at `block`); reverts become project errors."""
         try:
-            return fn.call({"from": self.account.address} if self.account else {})
+            return fn.call({"from": self.account.address} if self.account else {}, block_identifier=block)
         except _REVERTS as err:
             raise to_agora_error(err, action=action) from None
         except requests.exceptions.RequestException as err:

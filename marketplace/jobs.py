@@ -11,6 +11,11 @@ from web3 import Web3
 from marketplace.errors import AgoraError
 from marketplace.types import HASH_MASK, TOMBSTONE_SLOT, Assignment, Job, JobPhase, Outcome
 
+#: The most blocks one eth_getLogs asks for (public RPC endpoints refuse ranges past 1,000-10,000 blocks).
+LOG_CHUNK = 2_000
+#: Where the opening block sits in a live job slot: hash192 | opening block32 | committed16 | revealed16.
+OPEN_BLOCK_SHIFT = 32
+
 
 class JobNotFoundError(AgoraError, LookupError):
     """No job with this id on this market."""
@@ -55,11 +60,18 @@ class JobIndex:
                 topic = "0x" + event_abi_to_log_topic(item).hex()
                 self._events[topic] = getattr(market.events, item["name"])()
 
-    def logs(self, job_id: bytes, to_block: int | str = "latest") -> list[Any]:
-        raw = self.market.w3.eth.get_logs({
-            "address": self.market.address, "fromBlock": self.from_block, "toBlock": to_block,
-            "topics": [None, Web3.to_hex(job_id)],
-        })
+    def logs(self, job_id: bytes, to_block: int | str = "latest", *, from_block: int | None = None) -> list[Any]:
+        """The job's decoded logs, oldest first, read in chunks of at most LOG_CHUNK blocks (public RPCs cap the
+        range of one eth_getLogs) from `from_block` (default: the deployment's block)."""
+        w3 = self.market.w3
+        end = int(w3.eth.block_number) if to_block == "latest" else int(to_block)
+        start = self.from_block if from_block is None else max(self.from_block, from_block)
+        raw: list[Any] = []
+        while start <= end:
+            stop = min(end, start + LOG_CHUNK - 1)
+            raw.extend(w3.eth.get_logs({"address": self.market.address, "fromBlock": start, "toBlock": stop,
+                                        "topics": [None, Web3.to_hex(job_id)]}))
+            start = stop + 1
         decoded = []
         for log in sorted(raw, key=lambda lg: (lg["blockNumber"], lg["logIndex"])):
             event = self._events.get(Web3.to_hex(log["topics"][0]))
@@ -73,7 +85,10 @@ class JobIndex:
         Logs and the job slot are read at ONE block: a transaction mined between two "latest" reads (say, the
         reveal that settles the job) would otherwise show a cleared slot without its JobSettled event."""
         block = int(self.market.w3.eth.block_number)
-        logs = self.logs(job_id, block)
+        slot = int(self.market.functions.jobSlot(job_id).call(block_identifier=block))
+        # A live job's slot holds its opening block: its logs start there (one short range, not the chain's life).
+        opened = (slot >> OPEN_BLOCK_SHIFT) & 0xFFFFFFFF if slot not in (0, TOMBSTONE_SLOT) else None
+        logs = self.logs(job_id, block, from_block=opened)
         if not logs:
             raise JobNotFoundError(f"no job {Web3.to_hex(job_id)} on market {self.market.address}")
         v = JobView(job_id=job_id, job=None)
@@ -111,7 +126,6 @@ class JobIndex:
                 v.settled, v.outcome, v.settlement = True, Outcome(a["outcome"]), dict(a)
         v.job = job
         if job is not None and not v.settled:
-            slot = self.market.functions.jobSlot(job_id).call(block_identifier=block)
             if slot in (0, TOMBSTONE_SLOT):
                 raise AgoraError(f"job {Web3.to_hex(job_id)} has no live state on-chain but no JobSettled event "
                                  f"was found (logs pruned by the RPC?)")

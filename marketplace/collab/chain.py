@@ -168,8 +168,10 @@ class CollabChain:
         """The job's state; phase "None" for an id never opened (no revert)."""
         jid = b32(job_id)
         fns = self.contract.functions
-        j = self.client.call(fns.job(jid), action="read collab job")
-        providers, prices, counts = self.client.call(fns.participants(jid), action="read collab participants")
+        block = self.client.w3.eth.block_number  # both reads at one block: a claim between them is not half-seen
+        j = self.client.call(fns.job(jid), action="read collab job", block=block)
+        providers, prices, counts = self.client.call(fns.participants(jid), action="read collab participants",
+                                                     block=block)
         (requester, spec_hash, rounds, deadline, claim_window, claim_end, phase, escrow, paid, model_hash,
          _size) = j
         return CollabJobView(job_id=jid, requester=to_checksum_address(requester), spec_hash=bytes(spec_hash),
