@@ -6,7 +6,6 @@ prompt; private keys and mnemonics from a file, from stdin (`-`), or a hidden pr
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -30,7 +29,7 @@ NameArg = Annotated[str, typer.Argument(help="Keystore name: letters, digits, '-
 
 def _settings(home: Path | None) -> Settings:
     settings = load_settings()
-    return dataclasses.replace(settings, home=home.expanduser()) if home is not None else settings
+    return settings.model_copy(update={"home": home.expanduser()}) if home is not None else settings
 
 
 def _read_secret(source: Path, what: str) -> str:
