@@ -8,11 +8,11 @@ import re
 import sys
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
-import click
 import typer
 from rich.console import Console
 from rich.markup import escape
@@ -51,11 +51,14 @@ class GlobalOptions:
                            self.password_file, need_account=need_account)
 
 
-def global_options(ctx: typer.Context | click.Context | None = None) -> GlobalOptions:
-    """The global options of the running command (defaults when called outside one)."""
-    ctx = ctx or click.get_current_context(silent=True)
+#: The global options of the command line being run (also in its `ctx.obj`), for code that has no context.
+_ACTIVE: ContextVar[GlobalOptions] = ContextVar("agora_global_options", default=GlobalOptions())
+
+
+def global_options(ctx: typer.Context | None = None) -> GlobalOptions:
+    """The global options of the running command: `ctx.obj` (defaults when called outside a command)."""
     found = ctx.find_object(GlobalOptions) if ctx is not None else None
-    return found if found is not None else GlobalOptions()
+    return found if found is not None else _ACTIVE.get()
 
 
 #: Global options that take a value, and global flags: accepted before or after the subcommand.
@@ -67,7 +70,8 @@ def hoist_global_options(args: list[str]) -> list[str]:
     """Move global options (with their values) that appear anywhere to the front, in order; stop at `--`.
 
     `job submit spec.yaml --rpc URL -a alice` becomes `--rpc URL -a alice job submit spec.yaml`, so the root
-    command parses them whatever their position. Forms: `--rpc URL`, `--rpc=URL`, `-a NAME`, `-aNAME`."""
+    command parses them whatever their position. Forms: `--rpc URL`, `--rpc=URL`, `-a NAME`, `-aNAME`.
+    Raises ValueError for an option without its value."""
     front: list[str] = []
     rest: list[str] = []
     i = 0
@@ -79,7 +83,9 @@ def hoist_global_options(args: list[str]) -> list[str]:
         if arg in GLOBAL_FLAGS:
             front.append(arg)
         elif arg in GLOBAL_VALUE_OPTIONS:
-            front.extend(args[i:i + 2])  # a missing value is reported by the root command
+            if i + 1 >= len(args) or args[i + 1] == "--":
+                raise ValueError(f"Option '{arg}' requires an argument.")
+            front.extend(args[i:i + 2])
             i += 1
         elif (arg.startswith("--") and arg.split("=", 1)[0] in GLOBAL_VALUE_OPTIONS) or \
                 (arg.startswith("-a") and not arg.startswith("--") and len(arg) > 2):
@@ -106,8 +112,12 @@ class GlobalOptionsGroup(typer.core.TyperGroup):
             cmd.epilog = cmd.epilog or GLOBAL_EPILOG
             todo.extend(getattr(cmd, "commands", {}).values())
 
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        return super().parse_args(ctx, hoist_global_options(list(args)))
+    def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:
+        try:
+            hoisted = hoist_global_options(list(args))
+        except ValueError as err:
+            ctx.fail(str(err))
+        return super().parse_args(ctx, hoisted)
 
 
 RpcOpt = Annotated[str | None, typer.Option("--rpc", envvar="AGORA_RPC", show_envvar=True,
@@ -127,12 +137,11 @@ def root_callback(ctx: typer.Context, rpc: RpcOpt = None, deployments: Deploymen
                   account: AccountOpt = None, password_file: PasswordFileOpt = None,
                   verbose: VerboseOpt = False) -> None:
     """Store the global options in `ctx.obj` for the subcommand."""
-    from click.core import ParameterSource
-
     names = ("rpc", "deployments", "account", "password_file", "verbose")
-    given = frozenset(n for n in names if ctx.get_parameter_source(n) == ParameterSource.COMMANDLINE)
+    given = frozenset(n for n in names if getattr(ctx.get_parameter_source(n), "name", None) == "COMMANDLINE")
     ctx.obj = GlobalOptions(rpc=rpc or None, deployments=deployments, account=account or None,
                             password_file=password_file, verbose=verbose, given=given)
+    _ACTIVE.set(ctx.obj)
     if verbose:
         import logging
 
