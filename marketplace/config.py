@@ -1,24 +1,45 @@
-"""Settings read from the environment, in one place. Every variable is `AGORA_*`."""
+"""Settings read from the environment, in one place. Every variable is `AGORA_*`.
+
+`load_settings()` is the entry point: it reads the environment each time it is called (the CLI's global options
+`--rpc`, `--deployments`, `--account` override the matching fields for one command). An empty variable counts as
+unset. Constructing `Settings(...)` with keywords overrides the environment for those fields only.
+"""
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass
 from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_RPC = "http://127.0.0.1:8545"
 DEV_CHAIN_IDS = frozenset({31337, 1337})
 
 
-@dataclass(frozen=True, kw_only=True)
-class Settings:
-    """Documented defaults; each field is overridden by the environment variable in its comment."""
+def _default_home() -> Path:
+    return Path.home() / ".agora"
 
-    rpc_url: str = DEFAULT_RPC  # AGORA_RPC
-    home: Path = Path.home() / ".agora"  # AGORA_HOME: keystores/ and state live here
-    deployments_dir: Path = Path("deployments")  # AGORA_DEPLOYMENTS
-    password: str | None = None  # AGORA_PASSWORD: keystore password for non-interactive use
-    account: str | None = None  # AGORA_ACCOUNT: default keystore name or address
+
+class Settings(BaseSettings):
+    """Documented defaults; each field is overridden by the environment variable named in its description."""
+
+    model_config = SettingsConfigDict(env_prefix="AGORA_", env_ignore_empty=True, frozen=True, extra="ignore",
+                                      populate_by_name=True)
+
+    rpc_url: str = Field(DEFAULT_RPC, validation_alias="AGORA_RPC",
+                         description="JSON-RPC URL of the chain [AGORA_RPC]")
+    home: Path = Field(default_factory=_default_home,
+                       description="Agora home: keystores/ and local state live here [AGORA_HOME, default ~/.agora]")
+    deployments_dir: Path = Field(Path("deployments"),
+                                  validation_alias="AGORA_DEPLOYMENTS",
+                                  description="Folder of <chainId>.json deployment files [AGORA_DEPLOYMENTS]")
+    password: str | None = Field(None, repr=False, description="Keystore password for non-interactive use [AGORA_PASSWORD]")
+    account: str | None = Field(None, description="Default keystore name or address [AGORA_ACCOUNT]")
+
+    @field_validator("home")
+    @classmethod
+    def _expand_home(cls, value: Path) -> Path:
+        return value.expanduser()
 
     @property
     def keystore_dir(self) -> Path:
@@ -26,11 +47,5 @@ class Settings:
 
 
 def load_settings() -> Settings:
-    env = os.environ
-    return Settings(
-        rpc_url=env.get("AGORA_RPC", DEFAULT_RPC),
-        home=Path(env["AGORA_HOME"]).expanduser() if env.get("AGORA_HOME") else Path.home() / ".agora",
-        deployments_dir=Path(env.get("AGORA_DEPLOYMENTS", "deployments")),
-        password=env.get("AGORA_PASSWORD"),
-        account=env.get("AGORA_ACCOUNT"),
-    )
+    """The settings as the environment gives them now."""
+    return Settings()

@@ -36,9 +36,13 @@ class ToolchainError(AgoraError, RuntimeError):
 class ChainError(AgoraError, RuntimeError):
     """A local chain process could not be started or stopped."""
 
+    exit_code = 3
+
 
 class RpcUnreachableError(AgoraError, ConnectionError):
     """The JSON-RPC endpoint does not answer."""
+
+    exit_code = 3
 
 
 class ReceiptTimeoutError(AgoraError, TimeoutError):

@@ -17,24 +17,32 @@ import typer
 from rich.markup import escape
 
 from marketplace.cli import app
-from marketplace.cli._common import JsonOpt, console, emit_json, handle_errors, spinner
+from marketplace.cli._common import (
+    EXIT_JOB_FAILED,
+    JsonOpt,
+    console,
+    emit_json,
+    global_options,
+    handle_errors,
+    snake_keys,
+    spinner,
+)
 from marketplace.errors import AgoraError, ToolchainError
 
 NEEDS_TORCH = "this command needs the provider extra: pip install 'tensoragora[node]'"
-#: Exit codes of `agora run` / `agora verify` per job status (1 is a mismatch or any other error).
-STATUS_EXIT = {"timeout": 3, "out-of-memory": 4, "bad-input": 5, "crash": 6}
 
 SpecArg = Annotated[Path, typer.Argument(help="Job spec (YAML or JSON)", exists=True, dir_okay=False)]
 StoreOpt = Annotated[Path | None, typer.Option("--store", help="Blob store directory [default: the default store]")]
 
 
 class JobFailedError(AgoraError, RuntimeError):
-    """A job ended with a status other than ok; `exit_code` tells which (see STATUS_EXIT)."""
+    """A job ended with a status other than ok (timeout, out-of-memory, bad-input, crash: exit 4, the status is in
+    the message), or a result does not match its recomputation (status "mismatch": exit 1)."""
 
     def __init__(self, status: str, message: str) -> None:
         super().__init__(message)
         self.status = status
-        self.exit_code = STATUS_EXIT.get(status, 1)
+        self.exit_code = 1 if status == "mismatch" else EXIT_JOB_FAILED
 
 
 def _require_torch() -> None:
@@ -175,17 +183,16 @@ def _leaf_agora_error(err: BaseException) -> AgoraError | None:
 @node_app.command("run")
 @handle_errors
 def node_run(
+    ctx: typer.Context,
     config: Annotated[Path | None, typer.Option("--config", "-c", help="node.yaml (see `agora node init`)")] = None,
-    account: Annotated[str | None, typer.Option("--account", "-a", help="Keystore name or address [env AGORA_ACCOUNT]")] = None,
     bootstrap: Annotated[list[str] | None, typer.Option("--bootstrap", help="Bootstrap multiaddr (repeatable) [env AGORA_BOOTSTRAP]")] = None,
     ops_port: Annotated[int | None, typer.Option("--ops-port", help="Ops HTTP port on 127.0.0.1 (0 random, -1 off)")] = None,
     log_format: Annotated[str, typer.Option("--log-format", help="text or json (stderr)")] = "text",
-    password_file: Annotated[Path | None, typer.Option("--password-file", help="File whose first line is the keystore password [or env AGORA_PASSWORD]")] = None,
-    rpc: Annotated[str | None, typer.Option("--rpc", help="JSON-RPC URL [env AGORA_RPC]")] = None,
-    deployments: Annotated[Path | None, typer.Option("--deployments", help="Folder of <chainId>.json files [env AGORA_DEPLOYMENTS]")] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Run the provider node until SIGINT / SIGTERM. Prints one JSON "ready" line on stdout when it bids."""
+    """Run the provider node until SIGINT / SIGTERM. Prints one JSON "ready" line on stdout when it bids.
+
+    The account is --account (global option), else the config file's `account`, else AGORA_ACCOUNT."""
     _require_torch()
     import sys
 
@@ -202,16 +209,19 @@ def node_run(
     if log_format not in ("text", "json"):
         raise ConfigError(f"--log-format must be text or json, got {log_format!r}")
     _setup_logging(log_format)
-    cfg = load_config(config, account=account, bootstrap=bootstrap or None, ops_port=ops_port)
+    g = global_options(ctx)
+    # Only an --account on the command line overrides the config file (which beats AGORA_ACCOUNT).
+    cfg = load_config(config, account=g.account if "account" in g.given else None, bootstrap=bootstrap or None,
+                      ops_port=ops_port)
     settings = load_settings()
-    signer = load_account(account=cfg.account, password_file=password_file, settings=settings)
-    client = ChainClient.open(rpc or settings.rpc_url, deployments or settings.deployments_dir, account=signer)
+    signer = load_account(account=cfg.account, password_file=g.password_file, settings=settings)
+    client = ChainClient.open(g.rpc or settings.rpc_url, g.deployments or settings.deployments_dir, account=signer)
     data_dir = Path(cfg.data_dir).expanduser() if cfg.data_dir else settings.home / "node" / signer.address
     key_path = identity_key_path(settings.keystore_dir, signer.address)  # docs/market-protocol.md, "Identities"
     agent = Agent(cfg, signer, client, data_dir=data_dir, key_path=key_path)
 
     def ready(info: dict[str, Any]) -> None:
-        sys.stdout.write(json.dumps(info, sort_keys=True) + "\n")
+        sys.stdout.write(json.dumps(snake_keys(info), sort_keys=True) + "\n")
         sys.stdout.flush()
 
     try:

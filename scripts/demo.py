@@ -229,7 +229,7 @@ def run_pipeline(env: dict[str, str], tmp: Path, bootstrap: str, say: Any, quiet
                 "--bootstrap", bootstrap, account="alice", quiet=quiet)
     out["wall_s"] = round(time.time() - started, 2)
     for st in out.get("stages", []):
-        say(f"   stage {st['name']}: {st['status']}, job {str(st['jobId'])[:10]}, cost {st['costTokens']} AGORA, "
+        say(f"   stage {st['name']}: {st['status']}, job {str(st['job_id'])[:10]}, cost {st['cost_tokens']} AGORA, "
             f"outputs {', '.join(st['outputs'])}" + "".join(f", {k} {v:.3f}" for k, v in st["metrics"].items()))
     if not out.get("ok"):
         raise SystemExit(f"demo: the pipeline did not complete: {out}")
@@ -266,14 +266,14 @@ def print_report(report: dict[str, Any]) -> None:
         price = sum(int(w["price"]) for w in job.get("winners", []))
         gas = sum(int(g) for g in s.get("gas", {}).values())
         lat = float(s.get("timings", {}).get("settled_s", job["wall_s"]))
-        verified = "outputs verified" if s.get("outputsVerified") else "outputs NOT verified"
+        verified = "outputs verified" if s.get("outputs_verified") else "outputs NOT verified"
         print(f"  {job['label']:<15}{winners:<22}{from_wei(price):>8}{gas:>10,}{lat:>9.2f}s  "
               f"{s.get('outcome', job.get('state', '?'))}, {verified}")
     print("  (latency: from the announcement to the outputs verified against the settled hash, bid window included)")
     pipe = report.get("pipeline")
     if pipe:
         print(f"\n== pipeline {pipe.get('pipeline')}: " + ", ".join(
-            f"{st['name']} {st['costTokens']} AGORA" + "".join(f" ({k} {v:.3f})" for k, v in st["metrics"].items())
+            f"{st['name']} {st['cost_tokens']} AGORA" + "".join(f" ({k} {v:.3f})" for k, v in st["metrics"].items())
             for st in pipe["stages"]) + f"; {pipe['wall_s']} s")
     collab = report.get("collab")
     if collab:

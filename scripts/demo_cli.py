@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         agora("bid", "sign", "--spec-hash", spec1, "--requester", addr["alice"], "--price", "5",
               "--collateral", "20", "--out", str(tmpdir / "bid1.json"), account="prov1")
         job1 = agora("job", "open", "--spec-hash", spec1, "--bid", str(tmpdir / "bid1.json"), "--approve",
-                     account="alice", want_json=True)["jobId"]
+                     account="alice", want_json=True)["job_id"]
         agora("provider", "submit", job1, "0x" + "ab" * 32, account="prov1")
         agora("job", "accept", job1, account="alice")
 
@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
                   "--collateral", "30", "--out", str(f), account=p)
             bid_files += ["--bid", str(f)]
         job3 = agora("job", "open", "--spec-hash", spec3, *bid_files, "--approve", account="alice",
-                     want_json=True)["jobId"]
+                     want_json=True)["job_id"]
         results = {"prov1": "0x" + "cd" * 32, "prov2": "0x" + "cd" * 32, "prov3": "0x" + "ee" * 32}
         for p in provs:
             agora("provider", "commit", job3, results[p], account=p)
@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     moves = {n: int(after[n]["token_wei"]) - int(before[n]["token_wei"]) for n in NAMES}
     report = {"chain": chain_kind, "deployment": dep, "jobs": {"k1": status1, "k3": status3},
               "token_delta_wei": {n: str(v) for n, v in moves.items()},
-              "reputation": {p: {k: infos[p][k] for k in ("jobsDone", "jobsFailed", "timesSlashed", "scoreBps")}
+              "reputation": {p: {k: infos[p][k] for k in ("jobs_done", "jobs_failed", "times_slashed", "score_bps")}
                              for p in provs},
               "seconds": round(time.time() - t0, 1)}
     if args.json:

@@ -10,15 +10,11 @@ import typer
 
 from marketplace.cli import app
 from marketplace.cli._common import (
-    AccountOpt,
-    DeploymentsOpt,
     JsonOpt,
-    PasswordFileOpt,
-    RpcOpt,
     console,
     emit_json,
     handle_errors,
-    open_market,
+    global_options,
     parse_amount,
     parse_b32,
 )
@@ -55,7 +51,7 @@ def load_bids(paths: list[Path]):
 
 @bid_app.command("sign")
 @handle_errors
-def sign(spec_hash: Annotated[str, typer.Option(help="keccak of the job spec (0x, 32 bytes)")],
+def sign(ctx: typer.Context, spec_hash: Annotated[str, typer.Option(help="keccak of the job spec (0x, 32 bytes)")],
          requester: Annotated[str, typer.Option(help="The requester this offer is for")],
          price: Annotated[str, typer.Option(help="Price in tokens")],
          collateral: Annotated[str, typer.Option(help="Collateral locked from your stake, tokens")] = "10",
@@ -66,15 +62,14 @@ def sign(spec_hash: Annotated[str, typer.Option(help="keccak of the job spec (0x
          expires_in: Annotated[int, typer.Option(help="Offer valid for this many seconds")] = 3600,
          nonce: Annotated[int | None, typer.Option(help="Bid nonce (default: next unused)")] = None,
          out: Annotated[Path, typer.Option("--out", "-o", help="Bid file to write")] = Path("bid.json"),
-         rpc: RpcOpt = None, deployments: DeploymentsOpt = None, account: AccountOpt = None,
-         password_file: PasswordFileOpt = None, json_out: JsonOpt = False) -> None:
+         json_out: JsonOpt = False) -> None:
     """Sign an offer to run a job spec for a requester (bound to this chain and market)."""
     from web3 import Web3
 
     from marketplace.eip712 import sign_bid
     from marketplace.types import Bid
 
-    market = open_market(rpc, deployments, account, password_file)
+    market = global_options(ctx).market()
     provider = market.address
     bid = Bid(spec_hash=parse_b32(spec_hash, "spec hash"), requester=Web3.to_checksum_address(requester),
               provider=provider, price=parse_amount(price), collateral=parse_amount(collateral),
@@ -92,13 +87,12 @@ def sign(spec_hash: Annotated[str, typer.Option(help="keccak of the job spec (0x
 
 @bid_app.command("verify")
 @handle_errors
-def verify(files: list[Path], rpc: RpcOpt = None, deployments: DeploymentsOpt = None,
-           json_out: JsonOpt = False) -> None:
+def verify(ctx: typer.Context, files: list[Path], json_out: JsonOpt = False) -> None:
     """Check bid files: signer, expiry, nonce still unused, provider's free stake."""
     from marketplace.eip712 import recover_bid_signer
     from marketplace.errors import SpecError
 
-    market = open_market(rpc, deployments, None, None, need_account=False)
+    market = global_options(ctx).market(need_account=False, account=None)
     now = market.client.timestamp()
     rows, bad = [], 0
     for path, sb in zip(files, load_bids(files)):

@@ -110,9 +110,9 @@ def get_cmd(blob_id: Annotated[str, typer.Argument(help="sha256:<hex>")],
     console.print(f"wrote {len(data):,} bytes to {out}", highlight=False)
 
 
-@blob_app.command("ls")
+@blob_app.command("list")
 @handle_errors
-def ls_cmd(store: StoreOpt = None, as_json: JsonOpt = False) -> None:
+def list_cmd(store: StoreOpt = None, as_json: JsonOpt = False) -> None:
     """List stored blobs."""
     infos = open_store(store).ls()
     if as_json:
@@ -121,6 +121,9 @@ def ls_cmd(store: StoreOpt = None, as_json: JsonOpt = False) -> None:
     for b in infos:
         typer.echo(f"{b.id}  {b.size:>12,}")
     console.print(f"{len(infos)} blob(s), {sum(b.size for b in infos):,} bytes", highlight=False)
+
+
+blob_app.command("ls", hidden=True, help="Old spelling of `agora blob list`.")(list_cmd)
 
 
 @blob_app.command("verify")

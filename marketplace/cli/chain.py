@@ -12,7 +12,7 @@ from rich.console import Console
 
 from marketplace.chain import DEV_ACCOUNTS, LocalChain
 from marketplace.cli import app
-from marketplace.cli._common import emit_json, handle_errors, spinner
+from marketplace.cli._common import JsonOpt, emit_json, handle_errors, spinner
 from marketplace.errors import ChainError, ConfigError
 
 chain_app = typer.Typer(help="Run a local development chain.", no_args_is_help=True)
@@ -51,7 +51,7 @@ def up(
     ganache: bool = typer.Option(False, "--ganache", help="Run ganache (chain id 1337) instead of anvil."),
     hardhat: bool = typer.Option(False, "--hardhat", help="Run a hardhat node (chain id 31337) instead of anvil."),
     port: int = typer.Option(8545, "--port", help="Port on 127.0.0.1; 0 picks a free one."),
-    json_out: bool = typer.Option(False, "--json", help="Print the chain details as JSON on stdout."),
+    json_out: JsonOpt = False,
 ) -> None:
     """Start a local chain and keep it running until Ctrl-C or SIGTERM.
 

@@ -9,15 +9,11 @@ import typer
 
 from marketplace.cli import app
 from marketplace.cli._common import (
-    AccountOpt,
-    DeploymentsOpt,
     JsonOpt,
-    PasswordFileOpt,
-    RpcOpt,
     console,
     emit_json,
     handle_errors,
-    open_market,
+    global_options,
     parse_amount,
     parse_b32,
     spinner,
@@ -47,6 +43,7 @@ def _chain(market: Any) -> Any:
 @collab_app.command("run")
 @handle_errors
 def run(
+    ctx: typer.Context,
     spec: Annotated[Path, typer.Argument(help="Collab spec (YAML or JSON), e.g. examples/collab/mlp-collab.yaml")],
     max_price: Annotated[str, typer.Option("--max-price", help="Most you pay one provider per accepted round, tokens")] = "1",
     bid_window: Annotated[float, typer.Option("--bid-window", help="Seconds to collect bids")] = 3.0,
@@ -55,8 +52,7 @@ def run(
     listen: ListenOpt = "/ip4/127.0.0.1/tcp/0",
     out: Annotated[Path | None, typer.Option("--out", help="Report and final model folder [default ./collab-<spec hash prefix>]")] = None,
     store: StoreOpt = None,
-    rpc: RpcOpt = None, deployments: DeploymentsOpt = None, account: AccountOpt = None,
-    password_file: PasswordFileOpt = None, json_out: JsonOpt = False,
+    json_out: JsonOpt = False,
 ) -> None:
     """Announce a collaborative training job, pick m providers, run its rounds and settle every contribution in
     one transaction. Writes collab.json (per round: accepted, rejected and why, bytes, times) and model.safetensors."""
@@ -66,7 +62,7 @@ def run(
     from marketplace.types import from_wei
 
     cspec = load_collab_spec(spec)
-    market = open_market(rpc, deployments, account, password_file)
+    market = global_options(ctx).market()
     st, blobs, key = _requester_parts(market, store)
     out_dir = out or Path.cwd() / f"collab-{cspec.spec_hash().hex()[:8]}"
     try:
@@ -99,16 +95,15 @@ def run(
 
 @collab_app.command("status")
 @handle_errors
-def status(job_id: str, rpc: RpcOpt = None, deployments: DeploymentsOpt = None, account: AccountOpt = None,
-           password_file: PasswordFileOpt = None, json_out: JsonOpt = False) -> None:
+def status(ctx: typer.Context, job_id: str, json_out: JsonOpt = False) -> None:
     """A collab job as the contract sees it: phase, escrow, paid, model hash, contributions per provider."""
     from marketplace.types import from_wei
 
-    view = _chain(open_market(rpc, deployments, account, password_file)).job(parse_b32(job_id, "job id"))
-    d = {"jobId": "0x" + view.job_id.hex(), "phase": view.phase, "requester": view.requester,
-         "specHash": "0x" + view.spec_hash.hex(), "rounds": view.rounds, "deadline": view.deadline,
-         "claimWindow": view.claim_window, "claimEnd": view.claim_end, "escrow": str(view.escrow),
-         "paid": str(view.paid), "modelHash": "0x" + view.model_hash.hex(),
+    view = _chain(global_options(ctx).market()).job(parse_b32(job_id, "job id"))
+    d = {"job_id": "0x" + view.job_id.hex(), "phase": view.phase, "requester": view.requester,
+         "spec_hash": "0x" + view.spec_hash.hex(), "rounds": view.rounds, "deadline": view.deadline,
+         "claim_window": view.claim_window, "claim_end": view.claim_end, "escrow": str(view.escrow),
+         "paid": str(view.paid), "model_hash": "0x" + view.model_hash.hex(),
          "participants": [{"index": i, "provider": p, "price": str(price), "count": n}
                           for i, (p, price, n) in enumerate(zip(view.providers, view.prices, view.counts,
                                                                 strict=True))]}
@@ -123,34 +118,30 @@ def status(job_id: str, rpc: RpcOpt = None, deployments: DeploymentsOpt = None, 
 
 @collab_app.command("close")
 @handle_errors
-def close(job_id: str, rpc: RpcOpt = None, deployments: DeploymentsOpt = None, account: AccountOpt = None,
-          password_file: PasswordFileOpt = None) -> None:
+def close(ctx: typer.Context, job_id: str) -> None:
     """After the claim window: refund the unspent escrow to the requester (anyone may send it)."""
-    chain = _chain(open_market(rpc, deployments, account, password_file))
+    chain = _chain(global_options(ctx).market())
     with spinner("waiting for receipt"):
         tx_line("close", chain.close(parse_b32(job_id, "job id")))
 
 
 @collab_app.command("withdraw")
 @handle_errors
-def withdraw(amount: Annotated[str | None, typer.Argument(help="Tokens [default: the whole balance]")] = None,
-             rpc: RpcOpt = None, deployments: DeploymentsOpt = None, account: AccountOpt = None,
-             password_file: PasswordFileOpt = None) -> None:
+def withdraw(ctx: typer.Context, amount: Annotated[str | None, typer.Argument(help="Tokens [default: the whole balance]")] = None) -> None:
     """Withdraw this account's collab balance (earnings, refunds) to its wallet."""
-    chain = _chain(open_market(rpc, deployments, account, password_file))
+    chain = _chain(global_options(ctx).market())
     with spinner("waiting for receipt"):
         tx_line("withdraw", chain.withdraw(parse_amount(amount) if amount else None))
 
 
 @collab_app.command("balance")
 @handle_errors
-def balance(address: Annotated[str | None, typer.Argument(help="Account [default: --account]")] = None,
-            rpc: RpcOpt = None, deployments: DeploymentsOpt = None, account: AccountOpt = None,
-            password_file: PasswordFileOpt = None, json_out: JsonOpt = False) -> None:
+def balance(ctx: typer.Context, address: Annotated[str | None, typer.Argument(help="Account [default: --account]")] = None,
+            json_out: JsonOpt = False) -> None:
     """Withdrawable collab balance (earnings of a provider, refunds of a requester)."""
     from marketplace.types import from_wei
 
-    market = open_market(rpc, deployments, account, password_file, need_account=address is None)
+    market = global_options(ctx).market(need_account=address is None)
     who = address or market.address
     wei = _chain(market).balance(who)
     if json_out:

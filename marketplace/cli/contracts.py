@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from marketplace.cli import app
-from marketplace.cli._common import emit_json, handle_errors, spinner
+from marketplace.cli._common import JsonOpt, emit_json, handle_errors, spinner
 
 contracts_app = typer.Typer(help="Build the Solidity contracts.", no_args_is_help=True)
 app.add_typer(contracts_app, name="contracts")
@@ -36,7 +36,7 @@ def _rows(artifacts: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
 def build_cmd(
     check: bool = typer.Option(False, "--check",
                                help="Compile to a temp dir and fail if the committed artifacts differ."),
-    json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
+    json_out: JsonOpt = False,
 ) -> None:
     """Compile contracts/**/*.sol with the pinned solc (no downloads) and write marketplace/artifacts."""
     from marketplace.build import build

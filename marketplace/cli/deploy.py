@@ -8,13 +8,10 @@ import typer
 
 from marketplace.cli import app
 from marketplace.cli._common import (
-    AccountOpt,
-    DeploymentsOpt,
     JsonOpt,
-    PasswordFileOpt,
-    RpcOpt,
     console,
     emit_json,
+    global_options,
     handle_errors,
     parse_amount,
     spinner,
@@ -32,8 +29,7 @@ def dev_accounts(count: int = 10) -> list:
 @app.command("deploy")
 @handle_errors
 def deploy_cmd(
-    rpc: RpcOpt = None, deployments: DeploymentsOpt = None, account: AccountOpt = None,
-    password_file: PasswordFileOpt = None,
+    ctx: typer.Context,
     token: Annotated[str | None, typer.Option(help="Use this existing ERC-20 instead of deploying AgoraToken")] = None,
     min_stake: Annotated[str, typer.Option(help="Minimum provider stake, tokens")] = "100",
     unbonding_delay: Annotated[int, typer.Option(help="Seconds between unstake request and withdrawal")] = 3600,
@@ -54,14 +50,14 @@ def deploy_cmd(
     from marketplace.deployment import MarketParams
     from marketplace.errors import ConfigError
 
-    settings = load_settings()
-    url = rpc or settings.rpc_url
+    g, settings = global_options(ctx), load_settings()
+    url = g.rpc or settings.rpc_url
     w3 = connect(url)
     dev = w3.eth.chain_id in DEV_CHAIN_IDS
-    if account or settings.account:
+    if g.account or settings.account:
         from marketplace.wallet import load_account
 
-        deployer = load_account(account=account, password_file=password_file, settings=settings)
+        deployer = load_account(account=g.account, password_file=g.password_file, settings=settings)
     elif dev:
         deployer = dev_accounts(1)[0]
     else:
@@ -72,7 +68,7 @@ def deploy_cmd(
     with spinner("deploying") as _:
         deployment = deploy(w3, deployer, params=params, token=token, fund=fund,
                             progress=lambda m: console.print(f"  {m}", highlight=False))
-    path = deployment.save(deployments or settings.deployments_dir)
+    path = deployment.save(g.deployments or settings.deployments_dir)
     if json_out:
         emit_json({**deployment.to_json(), "file": str(path)})
     else:

@@ -9,15 +9,12 @@ import typer
 
 from marketplace.cli import app
 from marketplace.cli._common import (
-    AccountOpt,
-    DeploymentsOpt,
+    EXIT_JOB_FAILED,
     JsonOpt,
-    PasswordFileOpt,
-    RpcOpt,
     console,
     emit_json,
     handle_errors,
-    open_market,
+    global_options,
     parse_amount,
     parse_b32,
     spinner,
@@ -37,13 +34,13 @@ def view_json(view: Any) -> dict[str, Any]:
     def hx(b: bytes) -> str:
         return "0x" + bytes(b).hex()
 
-    out: dict[str, Any] = {"jobId": hx(view.job_id), "status": view.status,
-                           "committedMask": view.committed_mask, "revealedMask": view.revealed_mask}
+    out: dict[str, Any] = {"job_id": hx(view.job_id), "status": view.status,
+                           "committed_mask": view.committed_mask, "revealed_mask": view.revealed_mask}
     if job is not None:
         out.update({
-            "requester": job.requester, "specHash": hx(job.spec_hash), "phase": job.phase.name.lower(),
+            "requester": job.requester, "spec_hash": hx(job.spec_hash), "phase": job.phase.name.lower(),
             "deadline": job.deadline, "window": job.window, "replicas": job.replicas, "escrow": str(job.escrow),
-            "result": hx(job.result), "challengeEnd": job.challenge_end,
+            "result": hx(job.result), "challenge_end": job.challenge_end,
             "participants": [{"index": i, "provider": a.provider, "price": str(a.price),
                               "collateral": str(a.collateral), "committed": bool(view.committed_mask >> i & 1),
                               "revealed": hx(view.reveals[i]) if i in view.reveals else None}
@@ -52,7 +49,7 @@ def view_json(view: Any) -> dict[str, Any]:
     if view.settled and view.settlement:
         s = view.settlement
         out["settlement"] = {"outcome": view.outcome.name.lower(), "result": hx(s["result"]),
-                             "paidMask": s["paidMask"], "slashedMask": s["slashedMask"],
+                             "paid_mask": s["paidMask"], "slashed_mask": s["slashedMask"],
                              "refund": str(s["refund"]), "compensation": str(s["compensation"])}
     return out
 
@@ -61,11 +58,11 @@ def _print_view(view: Any, now: int) -> None:
     from marketplace.types import from_wei
 
     d = view_json(view)
-    console.print(f"job {d['jobId']}  [bold]{d['status']}[/bold]", highlight=False)
+    console.print(f"job {d['job_id']}  [bold]{d['status']}[/bold]", highlight=False)
     if view.job is not None:
         j = view.job
         console.print(f"  requester {j.requester}  k={j.replicas}  escrow {from_wei(j.escrow)} AGORA\n"
-                      f"  spec {d['specHash']}\n  deadline {j.deadline} ({j.deadline - now:+d} s)  window {j.window} s",
+                      f"  spec {d['spec_hash']}\n  deadline {j.deadline} ({j.deadline - now:+d} s)  window {j.window} s",
                       highlight=False)
         if j.challenge_end:
             console.print(f"  result {d['result']}  challenge ends {j.challenge_end} ({j.challenge_end - now:+d} s)",
@@ -76,7 +73,7 @@ def _print_view(view: Any, now: int) -> None:
                           highlight=False)
     if "settlement" in d:
         s = d["settlement"]
-        console.print(f"  outcome {s['outcome']}  paid mask {s['paidMask']:#b}  slashed mask {s['slashedMask']:#b}  "
+        console.print(f"  outcome {s['outcome']}  paid mask {s['paid_mask']:#b}  slashed mask {s['slashed_mask']:#b}  "
                       f"refund {from_wei(int(s['refund']))}  compensation {from_wei(int(s['compensation']))}",
                       highlight=False)
 
@@ -84,6 +81,7 @@ def _print_view(view: Any, now: int) -> None:
 @job_app.command("open")
 @handle_errors
 def open_cmd(
+    ctx: typer.Context,
     spec_hash: Annotated[str | None, typer.Option(help="keccak of the job spec (0x)")] = None,
     spec: Annotated[Path | None, typer.Option(help="Spec file; its keccak is the spec hash")] = None,
     bid: BidsOpt = [],  # noqa: B006 - typer default
@@ -93,8 +91,7 @@ def open_cmd(
     budget: Annotated[str | None, typer.Option(help="Escrow when opening without bids, tokens")] = None,
     salt: Annotated[str | None, typer.Option(help="32-byte salt (default: random); the job id derives from it")] = None,
     approve: Annotated[bool, typer.Option("--approve", help="Approve the market for the escrow first")] = False,
-    rpc: RpcOpt = None, deployments: DeploymentsOpt = None, account: AccountOpt = None,
-    password_file: PasswordFileOpt = None, json_out: JsonOpt = False,
+    json_out: JsonOpt = False,
 ) -> None:
     """Open a job; with --bid files, assign them and lock the escrow in the same transaction."""
     import os
@@ -111,7 +108,7 @@ def open_cmd(
     bids = load_bids(bid)
     if not bids and budget is None:
         raise ConfigError("opening without --bid needs --budget (the escrow to lock until you assign)")
-    market = open_market(rpc, deployments, account, password_file)
+    market = global_options(ctx).market()
     escrow = sum(b.bid.price for b in bids) if bids else parse_amount(budget)  # type: ignore[arg-type]
     params = JobParams(spec_hash=sh, salt=parse_b32(salt, "salt") if salt else os.urandom(32),
                        deadline=market.client.timestamp() + deadline_in, window=window,
@@ -122,7 +119,7 @@ def open_cmd(
             market.ensure_allowance(market.client.deployment.market, shortfall)
         job_id, result = market.open_job(params, bids)
     if json_out:
-        emit_json({"jobId": "0x" + job_id.hex(), "tx": result.tx_hash, "gasUsed": result.gas_used})
+        emit_json({"job_id": "0x" + job_id.hex(), "tx": result.tx_hash, "gas_used": result.gas_used})
     else:
         tx_line("open", result)
         console.print(f"job id 0x{job_id.hex()}", highlight=False)
@@ -130,9 +127,8 @@ def open_cmd(
 
 def _simple(name: str, doc: str, method: str) -> None:
     @handle_errors
-    def command(job_id: str, rpc: RpcOpt = None, deployments: DeploymentsOpt = None, account: AccountOpt = None,
-                password_file: PasswordFileOpt = None) -> None:
-        market = open_market(rpc, deployments, account, password_file)
+    def command(ctx: typer.Context, job_id: str) -> None:
+        market = global_options(ctx).market()
         with spinner("waiting for receipt"):
             tx_line(name, getattr(market, method)(parse_b32(job_id, "job id")))
 
@@ -146,27 +142,24 @@ _simple("cancel", "Cancel a job that has no providers yet; the budget returns to
 
 @job_app.command("assign")
 @handle_errors
-def assign(job_id: str, bid: BidsOpt, rpc: RpcOpt = None, deployments: DeploymentsOpt = None,
-           account: AccountOpt = None, password_file: PasswordFileOpt = None) -> None:
+def assign(ctx: typer.Context, job_id: str, bid: BidsOpt) -> None:
     """Assign signed bids to a job opened without them; unspent budget is credited back."""
     from marketplace.cli.bid import load_bids
 
-    market = open_market(rpc, deployments, account, password_file)
+    market = global_options(ctx).market()
     with spinner("waiting for receipt"):
         tx_line("assign", market.assign(parse_b32(job_id, "job id"), load_bids(bid)))
 
 
 @job_app.command("dispute")
 @handle_errors
-def dispute(job_id: str, bid: BidsOpt,
+def dispute(ctx: typer.Context, job_id: str, bid: BidsOpt,
             deadline_in: Annotated[int, typer.Option(help="Verifiers' commits due in this many seconds")] = 600,
-            approve: Annotated[bool, typer.Option("--approve", help="Approve the market for the verifier fees")] = False,
-            rpc: RpcOpt = None, deployments: DeploymentsOpt = None, account: AccountOpt = None,
-            password_file: PasswordFileOpt = None) -> None:
+            approve: Annotated[bool, typer.Option("--approve", help="Approve the market for the verifier fees")] = False) -> None:
     """Dispute a k = 1 result inside its challenge window: verifiers re-execute, the majority decides."""
     from marketplace.cli.bid import load_bids
 
-    market = open_market(rpc, deployments, account, password_file)
+    market = global_options(ctx).market()
     bids = load_bids(bid)
     with spinner("waiting for receipts"):
         if approve:
@@ -176,11 +169,9 @@ def dispute(job_id: str, bid: BidsOpt,
 
 @job_app.command("finalize")
 @handle_errors
-def finalize(job_ids: Annotated[list[str], typer.Argument(help="One or more job ids (batched in one tx)")],
-             rpc: RpcOpt = None, deployments: DeploymentsOpt = None, account: AccountOpt = None,
-             password_file: PasswordFileOpt = None) -> None:
+def finalize(ctx: typer.Context, job_ids: Annotated[list[str], typer.Argument(help="One or more job ids (batched in one tx)")]) -> None:
     """Settle jobs whose deadlines have passed (anyone may call); several ids go in one transaction."""
-    market = open_market(rpc, deployments, account, password_file)
+    market = global_options(ctx).market()
     ids = [parse_b32(j, "job id") for j in job_ids]
     with spinner("waiting for receipt"):
         result = market.finalize(ids[0]) if len(ids) == 1 else market.finalize_batch(ids)
@@ -189,13 +180,12 @@ def finalize(job_ids: Annotated[list[str], typer.Argument(help="One or more job 
 
 @job_app.command("expire")
 @handle_errors
-def expire(job_id: str, rpc: RpcOpt = None, deployments: DeploymentsOpt = None, account: AccountOpt = None,
-           password_file: PasswordFileOpt = None) -> None:
+def expire(ctx: typer.Context, job_id: str) -> None:
     """Expire a job nobody delivered: slash the no-shows to the requester and refund the escrow."""
     from marketplace.errors import AgoraError
     from marketplace.types import JobPhase
 
-    market = open_market(rpc, deployments, account, password_file)
+    market = global_options(ctx).market()
     jid = parse_b32(job_id, "job id")
     view = market.job(jid)
     job = view.job
@@ -212,9 +202,9 @@ def expire(job_id: str, rpc: RpcOpt = None, deployments: DeploymentsOpt = None, 
 
 @job_app.command("status")
 @handle_errors
-def status(job_id: str, rpc: RpcOpt = None, deployments: DeploymentsOpt = None, json_out: JsonOpt = False) -> None:
+def status(ctx: typer.Context, job_id: str, json_out: JsonOpt = False) -> None:
     """Phase, deadlines, participants, commits and reveals, and the settlement of a job."""
-    market = open_market(rpc, deployments, None, None, need_account=False)
+    market = global_options(ctx).market(need_account=False, account=None)
     view = market.job(parse_b32(job_id, "job id"))
     row = _local_row(job_id)
     if json_out:
@@ -230,9 +220,9 @@ def status(job_id: str, rpc: RpcOpt = None, deployments: DeploymentsOpt = None, 
 
 @job_app.command("list")
 @handle_errors
-def list_jobs(requester: Annotated[str | None, typer.Option(help="Only jobs of this requester")] = None,
+def list_jobs(ctx: typer.Context, requester: Annotated[str | None, typer.Option(help="Only jobs of this requester")] = None,
               local: Annotated[bool, typer.Option("--local", help="Jobs of this machine's requester database instead (no chain needed)")] = False,
-              rpc: RpcOpt = None, deployments: DeploymentsOpt = None, json_out: JsonOpt = False) -> None:
+              json_out: JsonOpt = False) -> None:
     """Jobs opened on this market (from its events), with their status; --local: this machine's requester jobs."""
     from web3 import Web3
 
@@ -240,7 +230,7 @@ def list_jobs(requester: Annotated[str | None, typer.Option(help="Only jobs of t
         _list_local(json_out)
         return
 
-    market = open_market(rpc, deployments, None, None, need_account=False)
+    market = global_options(ctx).market(need_account=False, account=None)
     opened = market.client.market.events.JobOpened
     filters = {"requester": Web3.to_checksum_address(requester)} if requester else None
     logs = opened.get_logs(from_block=market.client.deployment.block, argument_filters=filters)
@@ -249,7 +239,7 @@ def list_jobs(requester: Annotated[str | None, typer.Option(help="Only jobs of t
         emit_json(rows)
         return
     for r in rows:
-        console.print(f"{r['jobId']}  {r['status']:<22} k={r.get('replicas')}  requester {r.get('requester')}",
+        console.print(f"{r['job_id']}  {r['status']:<22} k={r.get('replicas')}  requester {r.get('requester')}",
                       highlight=False)
     if not rows:
         console.print("no jobs yet")
@@ -316,6 +306,7 @@ def _print_explanation(expl: dict[str, Any]) -> None:
 @job_app.command("submit")
 @handle_errors
 def submit(
+    ctx: typer.Context,
     spec: Annotated[Path, typer.Argument(help="Job spec (YAML or JSON)")],
     replicas: Annotated[int, typer.Option("--replicas", "-k", help="k providers (k >= 2: commit-reveal)")] = 1,
     max_price: Annotated[str, typer.Option("--max-price", help="Most you pay each provider, tokens")] = "1",
@@ -330,8 +321,7 @@ def submit(
     wait: Annotated[bool, typer.Option("--wait", help="Stay until the job settles and outputs are verified (normal mode)")] = False,
     out: Annotated[Path | None, typer.Option("--out", help="Result folder [default ./result-<job id prefix>]")] = None,
     store: StoreOpt = None,
-    rpc: RpcOpt = None, deployments: DeploymentsOpt = None, account: AccountOpt = None,
-    password_file: PasswordFileOpt = None, json_out: JsonOpt = False,
+    json_out: JsonOpt = False,
 ) -> None:
     """Announce a job over libp2p, pick the best bids, open it on chain; with --wait, see it through to settlement.
 
@@ -341,7 +331,7 @@ def submit(
     from marketplace.spec import load_spec
 
     job_spec = load_spec(spec)
-    market = open_market(rpc, deployments, account, password_file)
+    market = global_options(ctx).market()
     st, blobs, key = _requester_parts(market, store)
     try:
         outcome = submit_sync(market, job_spec, store=st, blobs=blobs, key=key, bootstrap=_bootstrap(bootstrap),
@@ -363,25 +353,25 @@ def submit(
         if not wait:
             console.print("the job needs this requester online: run `agora job resume` to finish it", highlight=False)
     if not outcome.ok:
-        raise typer.Exit(1)
+        raise typer.Exit(EXIT_JOB_FAILED)
 
 
 @job_app.command("resume")
 @handle_errors
 def resume(
+    ctx: typer.Context,
     job_id: Annotated[str | None, typer.Argument(help="One job (id or announcement id); default: every unfinished job")] = None,
     withdraw: Annotated[bool, typer.Option("--withdraw", help="Withdraw refunds and compensation afterwards")] = False,
     timeout: Annotated[float | None, typer.Option("--timeout", help="Give up waiting after this many seconds")] = None,
     bootstrap: BootstrapOpt = [],  # noqa: B006 - typer default
     listen: ListenOpt = "/ip4/127.0.0.1/tcp/0",
     store: StoreOpt = None,
-    rpc: RpcOpt = None, deployments: DeploymentsOpt = None, account: AccountOpt = None,
-    password_file: PasswordFileOpt = None, json_out: JsonOpt = False,
+    json_out: JsonOpt = False,
 ) -> None:
     """Serve, collect, finalize and fetch the results of this requester's unsettled jobs (after a restart)."""
     from marketplace.requester import resume_sync
 
-    market = open_market(rpc, deployments, account, password_file)
+    market = global_options(ctx).market()
     st, blobs, key = _requester_parts(market, store)
     result = resume_sync(market, store=st, blobs=blobs, key=key, job=job_id, bootstrap=_bootstrap(bootstrap),
                          listen=listen, withdraw=withdraw, timeout=timeout, progress=None if json_out else _say)
@@ -413,15 +403,15 @@ def _local_row(job_id: str) -> Any:
 
 @job_app.command("watch")
 @handle_errors
-def watch(job_id: str, interval: Annotated[float, typer.Option(help="Seconds between polls")] = 1.0,
+def watch(ctx: typer.Context, job_id: str, interval: Annotated[float, typer.Option(help="Seconds between polls")] = 1.0,
           timeout: Annotated[float | None, typer.Option(help="Give up after this many seconds")] = None,
-          rpc: RpcOpt = None, deployments: DeploymentsOpt = None, json_out: JsonOpt = False) -> None:
+          json_out: JsonOpt = False) -> None:
     """Follow a job until it settles: chain status plus the local requester state, live."""
     import time
 
     from marketplace.errors import AgoraError
 
-    market = open_market(rpc, deployments, None, None, need_account=False)
+    market = global_options(ctx).market(need_account=False, account=None)
     jid = parse_b32(job_id, "job id")
     start, last = time.monotonic(), None
     while True:

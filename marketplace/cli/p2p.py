@@ -17,7 +17,7 @@ from typing import Annotated, Any
 import typer
 
 from marketplace.cli import app
-from marketplace.cli._common import JsonOpt, console, emit_json, handle_errors
+from marketplace.cli._common import JsonOpt, console, emit_json, handle_errors, snake_keys
 from marketplace.errors import ConfigError
 
 p2p_app = typer.Typer(help="The peer-to-peer layer: run a bootstrap node, ping peers.", no_args_is_help=True)
@@ -33,7 +33,7 @@ NamespaceOpt = Annotated[str, typer.Option("--namespace", help="Rendezvous names
 
 def _line(obj: dict[str, Any]) -> None:
     """One compact JSON line on stdout, flushed (the ready line scripts wait for)."""
-    sys.stdout.write(json.dumps(obj, sort_keys=True, separators=(",", ":")) + "\n")
+    sys.stdout.write(json.dumps(snake_keys(obj), sort_keys=True, separators=(",", ":")) + "\n")
     sys.stdout.flush()
 
 

@@ -9,15 +9,13 @@ import typer
 
 from marketplace.cli import app
 from marketplace.cli._common import (
-    AccountOpt,
-    DeploymentsOpt,
+    EXIT_JOB_FAILED,
+    EXIT_USAGE,
     JsonOpt,
-    PasswordFileOpt,
-    RpcOpt,
     console,
     emit_json,
     handle_errors,
-    open_market,
+    global_options,
 )
 from marketplace.cli.job import BootstrapOpt, ListenOpt, StoreOpt
 
@@ -34,12 +32,12 @@ def _blob_store(store: Path | None) -> Any:
 
 
 def _refuse(problems: list[str], json_out: bool, file: Path) -> None:
-    """Every problem on its own line, exit 2 (as a ConfigError would)."""
+    """Every problem on its own line, exit 2 (EXIT_USAGE, as a ConfigError would)."""
     if json_out:
         emit_json({"file": str(file), "valid": False, "problems": problems})
     for p in problems:
         console.print(f"[red]error:[/red] {p}", highlight=False, soft_wrap=True)
-    raise typer.Exit(2)
+    raise typer.Exit(EXIT_USAGE)
 
 
 @pipeline_app.command("validate")
@@ -57,19 +55,19 @@ def validate_cmd(file: Annotated[Path, typer.Argument(help="Pipeline YAML or JSO
     order = pipe.order()
     stages = [{"name": n, "kind": pipe.stages[n].spec.kind, "after": pipe.stages[n].deps,  # type: ignore[union-attr]
                "outputs": stage_outputs(pipe.stages[n]), "replicas": pipe.stages[n].replicas,
-               "maxPrice": from_wei(pipe.stages[n].max_price), "stageHash": pipe.stages[n].stage_hash()}
+               "max_price": from_wei(pipe.stages[n].max_price), "stage_hash": pipe.stages[n].stage_hash()}
               for n in order]
     worst = sum(s.reserve for s in pipe.stages.values())
     if json_out:
         emit_json({"file": str(file), "valid": True, "name": pipe.name, "budget": from_wei(pipe.budget),
-                   "maxCost": from_wei(worst), "order": order, "stages": stages})
+                   "max_cost": from_wei(worst), "order": order, "stages": stages})
         return
     console.print(f"valid pipeline {pipe.name}: {len(order)} stage(s), at most {from_wei(worst)} of "
                   f"{from_wei(pipe.budget)} AGORA", highlight=False)
     for s in stages:
         after = f" after {', '.join(s['after'])}" if s["after"] else ""
         console.print(f"  {s['name']}: {s['kind']}{after} -> {', '.join(s['outputs'])}  (k={s['replicas']}, "
-                      f"max price {s['maxPrice']})", highlight=False)
+                      f"max price {s['max_price']})", highlight=False)
 
 
 def _print_event(ev: Any) -> None:
@@ -102,14 +100,14 @@ def _print_report(report: Any) -> None:
 @pipeline_app.command("run")
 @handle_errors
 def run_cmd(
+    ctx: typer.Context,
     file: Annotated[Path, typer.Argument(help="Pipeline YAML or JSON")],
     state: StateOpt = None,
     approve: Annotated[bool, typer.Option("--approve", help="Approve the market once for the unfinished stages' max cost")] = False,
     bootstrap: BootstrapOpt = [],  # noqa: B006 - typer default
     listen: ListenOpt = "/ip4/127.0.0.1/tcp/0",
     store: StoreOpt = None,
-    rpc: RpcOpt = None, deployments: DeploymentsOpt = None, account: AccountOpt = None,
-    password_file: PasswordFileOpt = None, json_out: JsonOpt = False,
+    json_out: JsonOpt = False,
 ) -> None:
     """Validate, then run every stage over the market (in parallel where the DAG allows), within the budget.
 
@@ -123,7 +121,7 @@ def run_cmd(
     except PipelineInvalidError as err:
         _refuse(err.problems, json_out, file)
         return
-    market = open_market(rpc, deployments, account, password_file)
+    market = global_options(ctx).market()
     st, _, key = _requester_parts(market, store)
     report = run_pipeline_sync(pipe, market=market, store=st, blobs=blobs, key=key, state_dir=state,
                                bootstrap=_bootstrap(bootstrap), listen=listen, approve=approve,
@@ -135,7 +133,7 @@ def run_cmd(
     else:
         _print_report(report)
     if not report.ok:
-        raise typer.Exit(1)
+        raise typer.Exit(EXIT_JOB_FAILED)
 
 
 @pipeline_app.command("status")

@@ -11,15 +11,11 @@ import typer
 
 from marketplace.cli import app
 from marketplace.cli._common import (
-    AccountOpt,
-    DeploymentsOpt,
     JsonOpt,
-    PasswordFileOpt,
-    RpcOpt,
     console,
     emit_json,
     handle_errors,
-    open_market,
+    global_options,
     parse_amount,
     parse_b32,
     spinner,
@@ -42,17 +38,16 @@ def _secrets_path(market, job_id: bytes) -> Path:
 
 @provider_app.command("register")
 @handle_errors
-def register(stake: Annotated[str, typer.Option(help="Stake in tokens (at least the registry minimum)")],
+def register(ctx: typer.Context, stake: Annotated[str, typer.Option(help="Stake in tokens (at least the registry minimum)")],
              peer_id: Annotated[str, typer.Option(help="libp2p peer id of your node (base58 or 0x-hex)")],
              metadata: Annotated[Path | None, typer.Option(help="Advert file (capabilities, prices); its keccak is stored")] = None,
-             approve: ApproveOpt = False, rpc: RpcOpt = None, deployments: DeploymentsOpt = None,
-             account: AccountOpt = None, password_file: PasswordFileOpt = None) -> None:
+             approve: ApproveOpt = False) -> None:
     """Register as a provider with a stake."""
     from eth_utils import keccak
 
     from marketplace.errors import ConfigError
 
-    market = open_market(rpc, deployments, account, password_file)
+    market = global_options(ctx).market()
     amount = parse_amount(stake)
     if peer_id.startswith("0x"):
         pid = bytes.fromhex(peer_id[2:])
@@ -72,10 +67,9 @@ def register(stake: Annotated[str, typer.Option(help="Stake in tokens (at least 
 
 @provider_app.command("stake")
 @handle_errors
-def stake(amount: str, approve: ApproveOpt = False, rpc: RpcOpt = None, deployments: DeploymentsOpt = None,
-          account: AccountOpt = None, password_file: PasswordFileOpt = None) -> None:
+def stake(ctx: typer.Context, amount: str, approve: ApproveOpt = False) -> None:
     """Add stake."""
-    market = open_market(rpc, deployments, account, password_file)
+    market = global_options(ctx).market()
     value = parse_amount(amount)
     with spinner("waiting for receipts"):
         if approve:
@@ -85,34 +79,29 @@ def stake(amount: str, approve: ApproveOpt = False, rpc: RpcOpt = None, deployme
 
 @provider_app.command("unstake")
 @handle_errors
-def unstake(amount: str, rpc: RpcOpt = None, deployments: DeploymentsOpt = None, account: AccountOpt = None,
-            password_file: PasswordFileOpt = None) -> None:
+def unstake(ctx: typer.Context, amount: str) -> None:
     """Start unbonding free stake; withdraw it after the unbonding delay."""
-    market = open_market(rpc, deployments, account, password_file)
+    market = global_options(ctx).market()
     with spinner("waiting for receipt"):
         tx_line("unstake", market.request_unstake(parse_amount(amount)))
 
 
 @provider_app.command("withdraw")
 @handle_errors
-def withdraw_stake(rpc: RpcOpt = None, deployments: DeploymentsOpt = None, account: AccountOpt = None,
-                   password_file: PasswordFileOpt = None) -> None:
-    """Withdraw unbonded stake once its delay has passed (earnings: `agora withdraw`)."""
-    market = open_market(rpc, deployments, account, password_file)
+def withdraw_stake(ctx: typer.Context) -> None:
+    """Withdraw unbonded stake once its delay has passed (earnings: `agora token withdraw`)."""
+    market = global_options(ctx).market()
     with spinner("waiting for receipt"):
         tx_line("withdraw stake", market.withdraw_stake())
 
 
 @provider_app.command("info")
 @handle_errors
-def info(address: Annotated[str | None, typer.Argument()] = None, rpc: RpcOpt = None,
-         deployments: DeploymentsOpt = None, account: AccountOpt = None, password_file: PasswordFileOpt = None,
-         json_out: JsonOpt = False) -> None:
+def info(ctx: typer.Context, address: Annotated[str | None, typer.Argument()] = None, json_out: JsonOpt = False) -> None:
     """Stake, collateral, unbonding and reputation of a provider."""
     from marketplace.types import from_wei
 
-    market = open_market(rpc, deployments, account if address is None else None, password_file,
-                         need_account=address is None)
+    market = global_options(ctx).market(need_account=address is None, account=True if address is None else None)
     who = address or market.address
     data = market.provider_info(who)
     out = {k: ("0x" + v.hex() if isinstance(v, bytes) else v) for k, v in data.items()}
@@ -129,24 +118,20 @@ def info(address: Annotated[str | None, typer.Argument()] = None, rpc: RpcOpt = 
 
 @provider_app.command("submit")
 @handle_errors
-def submit(job_id: str, result: Annotated[str, typer.Argument(help="Result hash (0x, 32 bytes)")],
-           rpc: RpcOpt = None, deployments: DeploymentsOpt = None, account: AccountOpt = None,
-           password_file: PasswordFileOpt = None) -> None:
+def submit(ctx: typer.Context, job_id: str, result: Annotated[str, typer.Argument(help="Result hash (0x, 32 bytes)")]) -> None:
     """Submit the result hash of a k = 1 job; opens the requester's challenge window."""
-    market = open_market(rpc, deployments, account, password_file)
+    market = global_options(ctx).market()
     with spinner("waiting for receipt"):
         tx_line("submit", market.submit_result(parse_b32(job_id, "job id"), parse_b32(result, "result hash")))
 
 
 @provider_app.command("commit")
 @handle_errors
-def commit(job_id: str, result: Annotated[str, typer.Argument(help="Result hash (0x, 32 bytes)")],
-           rpc: RpcOpt = None, deployments: DeploymentsOpt = None, account: AccountOpt = None,
-           password_file: PasswordFileOpt = None) -> None:
+def commit(ctx: typer.Context, job_id: str, result: Annotated[str, typer.Argument(help="Result hash (0x, 32 bytes)")]) -> None:
     """Commit to a result of a replicated (or disputed) job; the salt is kept under AGORA_HOME for reveal."""
     from marketplace.types import commitment_for
 
-    market = open_market(rpc, deployments, account, password_file)
+    market = global_options(ctx).market()
     jid, res = parse_b32(job_id, "job id"), parse_b32(result, "result hash")
     index = market.participant_index(jid)
     salt = os.urandom(32)
@@ -159,12 +144,11 @@ def commit(job_id: str, result: Annotated[str, typer.Argument(help="Result hash 
 
 @provider_app.command("reveal")
 @handle_errors
-def reveal(job_id: str, rpc: RpcOpt = None, deployments: DeploymentsOpt = None, account: AccountOpt = None,
-           password_file: PasswordFileOpt = None) -> None:
+def reveal(ctx: typer.Context, job_id: str) -> None:
     """Reveal the result committed with `agora provider commit`."""
     from marketplace.errors import ConfigError
 
-    market = open_market(rpc, deployments, account, password_file)
+    market = global_options(ctx).market()
     jid = parse_b32(job_id, "job id")
     path = _secrets_path(market, jid)
     if not path.exists():
@@ -177,11 +161,9 @@ def reveal(job_id: str, rpc: RpcOpt = None, deployments: DeploymentsOpt = None, 
 
 @provider_app.command("cancel-bids")
 @handle_errors
-def cancel_bids(nonces: Annotated[list[int], typer.Argument(help="Bid nonces to cancel")],
-                rpc: RpcOpt = None, deployments: DeploymentsOpt = None, account: AccountOpt = None,
-                password_file: PasswordFileOpt = None) -> None:
+def cancel_bids(ctx: typer.Context, nonces: Annotated[list[int], typer.Argument(help="Bid nonces to cancel")]) -> None:
     """Cancel signed bids by nonce so they can never be assigned."""
-    market = open_market(rpc, deployments, account, password_file)
+    market = global_options(ctx).market()
     words: dict[int, int] = {}
     for n in nonces:
         words[n >> 8] = words.get(n >> 8, 0) | (1 << (n & 0xFF))

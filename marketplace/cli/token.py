@@ -1,4 +1,4 @@
-"""`agora token ...` and `agora withdraw`: balances, faucet, transfers, approvals, market balance."""
+"""`agora token ...`: balances, faucet, transfers, approvals, and the market balance (deposit, withdraw)."""
 
 from __future__ import annotations
 
@@ -8,21 +8,18 @@ import typer
 
 from marketplace.cli import app
 from marketplace.cli._common import (
-    AccountOpt,
-    DeploymentsOpt,
     JsonOpt,
-    PasswordFileOpt,
-    RpcOpt,
     console,
     emit_json,
     handle_errors,
-    open_market,
+    global_options,
     parse_amount,
     spinner,
     tx_line,
 )
 
-token_app = typer.Typer(help="ETH and token balances, dev faucet, transfers and approvals.", no_args_is_help=True)
+token_app = typer.Typer(help="ETH and token balances, dev faucet, transfers, approvals; deposit into and withdraw "
+                        "from the market balance.", no_args_is_help=True)
 app.add_typer(token_app, name="token")
 
 
@@ -33,14 +30,12 @@ def _spender(market, name: str) -> str:
 
 @token_app.command("balance")
 @handle_errors
-def balance(address: Annotated[str | None, typer.Argument(help="Address (default: your account)")] = None,
-            rpc: RpcOpt = None, deployments: DeploymentsOpt = None, account: AccountOpt = None,
-            password_file: PasswordFileOpt = None, json_out: JsonOpt = False) -> None:
+def balance(ctx: typer.Context, address: Annotated[str | None, typer.Argument(help="Address (default: your account)")] = None,
+            json_out: JsonOpt = False) -> None:
     """ETH, token and market (withdrawable) balance of an address."""
     from marketplace.types import from_wei
 
-    market = open_market(rpc, deployments, account if address is None else None, password_file,
-                         need_account=address is None)
+    market = global_options(ctx).market(need_account=address is None, account=True if address is None else None)
     who = market.client.w3.to_checksum_address(address or market.address)
     eth = market.client.w3.eth.get_balance(who)
     tok, inner = market.token_balance(who), market.market_balance(who)
@@ -56,15 +51,13 @@ def balance(address: Annotated[str | None, typer.Argument(help="Address (default
 
 @token_app.command("faucet")
 @handle_errors
-def faucet(amount: Annotated[str, typer.Option(help="Tokens to mint (at most 10000)")] = "1000",
-           to: Annotated[str | None, typer.Option(help="Recipient (default: your account)")] = None,
-           rpc: RpcOpt = None, deployments: DeploymentsOpt = None, account: AccountOpt = None,
-           password_file: PasswordFileOpt = None) -> None:
+def faucet(ctx: typer.Context, amount: Annotated[str, typer.Option(help="Tokens to mint (at most 10000)")] = "1000",
+           to: Annotated[str | None, typer.Option(help="Recipient (default: your account)")] = None) -> None:
     """Mint test tokens. Works on dev chains (31337, 1337) only; refuses anywhere else."""
     from marketplace.config import DEV_CHAIN_IDS
     from marketplace.errors import ConfigError
 
-    market = open_market(rpc, deployments, account, password_file)
+    market = global_options(ctx).market()
     if market.client.chain_id not in DEV_CHAIN_IDS:
         raise ConfigError(f"the faucet works on dev chains only (31337, 1337); this is chain {market.client.chain_id}")
     with spinner("waiting for receipt"):
@@ -73,45 +66,44 @@ def faucet(amount: Annotated[str, typer.Option(help="Tokens to mint (at most 100
 
 @token_app.command("transfer")
 @handle_errors
-def transfer(to: str, amount: str, rpc: RpcOpt = None, deployments: DeploymentsOpt = None,
-             account: AccountOpt = None, password_file: PasswordFileOpt = None) -> None:
+def transfer(ctx: typer.Context, to: str, amount: str) -> None:
     """Send tokens to an address."""
-    market = open_market(rpc, deployments, account, password_file)
+    market = global_options(ctx).market()
     with spinner("waiting for receipt"):
         tx_line("transfer", market.transfer(to, parse_amount(amount)))
 
 
 @token_app.command("approve")
 @handle_errors
-def approve(spender: Annotated[str, typer.Argument(help="'market', 'registry' or an address")], amount: str,
-            rpc: RpcOpt = None, deployments: DeploymentsOpt = None, account: AccountOpt = None,
-            password_file: PasswordFileOpt = None) -> None:
+def approve(ctx: typer.Context, spender: Annotated[str, typer.Argument(help="'market', 'registry' or an address")], amount: str) -> None:
     """Allow the market (job escrow) or the registry (stake) to pull tokens."""
-    market = open_market(rpc, deployments, account, password_file)
+    market = global_options(ctx).market()
     with spinner("waiting for receipt"):
         tx_line("approve", market.approve(_spender(market, spender), parse_amount(amount)))
 
 
 @token_app.command("deposit")
 @handle_errors
-def deposit(amount: str, rpc: RpcOpt = None, deployments: DeploymentsOpt = None, account: AccountOpt = None,
-            password_file: PasswordFileOpt = None) -> None:
+def deposit(ctx: typer.Context, amount: str) -> None:
     """Move tokens into your market balance (jobs are funded from it first)."""
-    market = open_market(rpc, deployments, account, password_file)
+    market = global_options(ctx).market()
     with spinner("waiting for receipt"):
         tx_line("deposit", market.deposit(parse_amount(amount)))
 
 
-@app.command("withdraw")
+@token_app.command("withdraw")
 @handle_errors
-def withdraw(amount: Annotated[str | None, typer.Argument(help="Tokens (default: everything)")] = None,
-             rpc: RpcOpt = None, deployments: DeploymentsOpt = None, account: AccountOpt = None,
-             password_file: PasswordFileOpt = None, json_out: JsonOpt = False) -> None:
+def withdraw(ctx: typer.Context, amount: Annotated[str | None, typer.Argument(help="Tokens (default: everything)")] = None,
+             json_out: JsonOpt = False) -> None:
     """Withdraw your market balance: earnings, refunds and compensation."""
-    market = open_market(rpc, deployments, account, password_file)
+    market = global_options(ctx).market()
     with spinner("waiting for receipt"):
         result = market.withdraw(parse_amount(amount) if amount else None)
     if json_out:
         emit_json({"tx": result.tx_hash, "gas_used": result.gas_used})
     else:
         tx_line("withdraw", result)
+
+
+# The old top-level spelling, kept for scripts written before `agora token withdraw`.
+app.command("withdraw", hidden=True, help="Old spelling of `agora token withdraw`.")(withdraw)

@@ -6,7 +6,6 @@ prompt; private keys and mnemonics from a file, from stdin (`-`), or a hidden pr
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -14,7 +13,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from marketplace.cli import app
-from marketplace.cli._common import JsonOpt, PasswordFileOpt, console, emit_json, handle_errors
+from marketplace.cli._common import JsonOpt, console, emit_json, global_options, handle_errors
 from marketplace.config import Settings, load_settings
 from marketplace.errors import WalletError
 
@@ -30,7 +29,7 @@ NameArg = Annotated[str, typer.Argument(help="Keystore name: letters, digits, '-
 
 def _settings(home: Path | None) -> Settings:
     settings = load_settings()
-    return dataclasses.replace(settings, home=home.expanduser()) if home is not None else settings
+    return settings.model_copy(update={"home": home.expanduser()}) if home is not None else settings
 
 
 def _read_secret(source: Path, what: str) -> str:
@@ -64,11 +63,11 @@ def _report(action: str, ks: wallet.Keystore, json_out: bool) -> None:
 
 @wallet_app.command("new")
 @handle_errors
-def new(name: NameArg, password_file: PasswordFileOpt = None, home: HomeOpt = None,
-        json_out: JsonOpt = False) -> None:
-    """Create a new random account in an encrypted keystore."""
+def new(ctx: typer.Context, name: NameArg, home: HomeOpt = None, json_out: JsonOpt = False) -> None:
+    """Create a new random account in an encrypted keystore (password: --password-file, AGORA_PASSWORD or a prompt)."""
     from marketplace import wallet
 
+    password_file = global_options(ctx).password_file
     settings = _settings(home)
     wallet.ensure_free(name, settings.keystore_dir)
     password = wallet.resolve_password(password_file=password_file, env_password=settings.password, prompt=True,
@@ -80,18 +79,19 @@ def new(name: NameArg, password_file: PasswordFileOpt = None, home: HomeOpt = No
 @wallet_app.command("import")
 @handle_errors
 def import_(
+    ctx: typer.Context,
     name: NameArg,
     private_key_file: Annotated[Path | None, typer.Option("--private-key-file", help="File holding a hex private key ('-' = stdin or a hidden prompt)")] = None,
     mnemonic_file: Annotated[Path | None, typer.Option("--mnemonic-file", help="File holding a BIP-39 mnemonic ('-' = stdin or a hidden prompt)")] = None,
     index: Annotated[int, typer.Option("--index", min=0, help="Account index for --mnemonic-file: m/44'/60'/0'/0/INDEX")] = 0,
     keystore_file: Annotated[Path | None, typer.Option("--keystore-file", help="A v3 keystore JSON from geth, cast, MetaMask ...; keeps its own password")] = None,
-    password_file: PasswordFileOpt = None,
     home: HomeOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Import a private key, a mnemonic account or an existing keystore file."""
     from marketplace import wallet
 
+    password_file = global_options(ctx).password_file
     settings = _settings(home)
     wallet.ensure_free(name, settings.keystore_dir)
     sources = [opt for opt, val in (("--private-key-file", private_key_file), ("--mnemonic-file", mnemonic_file),

@@ -93,19 +93,19 @@ def test_insufficient_allowance_names_amounts_and_moves_nothing(env: Runner) -> 
     assert "insufficient allowance" in err and "allows 0 AGORA" in err and "needs 7 AGORA" in err
     assert env.balance("alice") == before
     # The same bid then works once approved, and the job settles through the CLI.
-    job = env.json("job", "open", "--spec-hash", spec, "--bid", str(bid), "--approve", "--account", "alice")["jobId"]
+    job = env.json("job", "open", "--spec-hash", spec, "--bid", str(bid), "--approve", "--account", "alice")["job_id"]
     assert env.json("job", "status", job)["status"] == "assigned"
     env.ok("provider", "submit", job, "0x" + "22" * 32, "--account", "prov")
     env.ok("job", "accept", job, "--account", "alice")
     status = env.json("job", "status", job)
-    assert status["status"] == "settled:completed" and status["settlement"]["paidMask"] == 1
+    assert status["status"] == "settled:completed" and status["settlement"]["paid_mask"] == 1
     # A reverted transaction is decoded into its custom error with values: the bid's nonce is spent.
     err = env.fails("job", "open", "--spec-hash", spec, "--bid", str(bid), "--approve", "--account", "alice")
     assert "MarketBidNonceUsed(" in err and "nonce=" in err
     err = env.fails("job", "accept", job, "--account", "alice")
     assert "already settled" in err
     listed = env.json("job", "list")
-    assert any(j["jobId"] == job for j in listed)
+    assert any(j["job_id"] == job for j in listed)
 
 
 def test_insufficient_token_balance_on_transfer(env: Runner) -> None:
@@ -129,8 +129,38 @@ def test_demo_script_runs_the_whole_lifecycle() -> None:
     assert report["jobs"]["k1"]["status"] == "settled:completed"
     k3 = report["jobs"]["k3"]
     assert k3["status"] == "settled:completed"
-    assert k3["settlement"]["paidMask"] == 0b011 and k3["settlement"]["slashedMask"] == 0b100
+    assert k3["settlement"]["paid_mask"] == 0b011 and k3["settlement"]["slashed_mask"] == 0b100
     delta = {k: int(v) for k, v in report["token_delta_wei"].items()}
     assert delta["prov1"] == 8 * 10**18 and delta["prov2"] == 3 * 10**18 and delta["prov3"] == 0
     assert delta["alice"] == (-5 - 9 + 3 + 30) * 10**18
-    assert int(report["reputation"]["prov3"]["timesSlashed"]) == 1
+    assert int(report["reputation"]["prov3"]["times_slashed"]) == 1
+
+
+def test_global_options_before_or_after_the_subcommand_and_from_env(env: Runner) -> None:
+    assert env.chain is not None
+    bare = {k: v for k, v in env.env.items() if k not in ("AGORA_RPC", "AGORA_DEPLOYMENTS", "AGORA_ACCOUNT")}
+    where = ["--rpc", env.chain.rpc_url, "--deployments", env.env["AGORA_DEPLOYMENTS"], "--account", "alice"]
+    after = json.loads(env("token", "balance", "--json", *where, env=bare).stdout)
+    before = json.loads(env(*where, "token", "balance", "--json", env=bare).stdout)
+    from_env = json.loads(env("token", "balance", "--json", env={**bare, "AGORA_RPC": env.chain.rpc_url,
+                                                                    "AGORA_DEPLOYMENTS": env.env["AGORA_DEPLOYMENTS"],
+                                                                    "AGORA_ACCOUNT": "alice"}).stdout)
+    alice = env.json("wallet", "address", "alice")["address"]
+    assert after == before == from_env and after["address"] == alice
+    # The command line beats the environment: a dead RPC in the environment, a live one on the command line.
+    live = env("token", "balance", "--json", "--rpc", env.chain.rpc_url, "-a", "alice",
+               env={**env.env, "AGORA_RPC": "http://127.0.0.1:9"})
+    assert live.returncode == 0 and json.loads(live.stdout) == after
+    # Unreachable RPC: one line, exit 3.
+    dead = env("token", "balance", "-a", "alice", env={**env.env, "AGORA_RPC": "http://127.0.0.1:9"})
+    assert dead.returncode == 3 and dead.stderr.startswith("error: cannot reach RPC"), dead.stderr
+
+
+def test_job_open_json_keys_are_snake_case(env: Runner) -> None:
+    opened = env.json("job", "open", "--spec-hash", "0x" + "44" * 32, "--budget", "1", "--approve",
+                      "--account", "alice")
+    assert set(opened) == {"job_id", "tx", "gas_used"} and opened["gas_used"] > 0
+    status = env.json("job", "status", opened["job_id"])
+    assert {"job_id", "spec_hash", "committed_mask", "revealed_mask", "challenge_end"} <= set(status)
+    assert not [k for k in status if any(c.isupper() for c in k)]
+    env.ok("job", "cancel", opened["job_id"], "--account", "alice")

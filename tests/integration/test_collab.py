@@ -132,9 +132,9 @@ def final_accuracy(net: MarketNet, spec_path: Path, model_file: Path) -> float:
 
 def assert_settled(net: MarketNet, report: dict[str, Any], before: dict[str, int]) -> None:
     """The chain paid each participant exactly count x price, and recorded the report's model hash."""
-    view = chain(net).job(bytes.fromhex(report["jobId"][2:]))
+    view = chain(net).job(bytes.fromhex(report["job_id"][2:]))
     assert view.phase == "Settled"
-    assert "0x" + bytes(view.model_hash).hex() == report["modelHash"]
+    assert "0x" + bytes(view.model_hash).hex() == report["model_hash"]
     after = balances(net)
     for name, p in by_name(net, report).items():
         assert after[name] - before[name] == p["count"] * int(p["price"]), name
@@ -156,10 +156,10 @@ def test_three_providers_converge_and_settle(net: MarketNet, honest: dict[str, N
     assert_settled(net, report, before)
     # every participant recomputed every aggregate itself and found the coordinator's
     for node in honest.values():
-        job = next(j for j in node.jobs() if j.get("kind") == "collab" and j["job_id"] == report["jobId"])
+        job = next(j for j in node.jobs() if j.get("kind") == "collab" and j["job_id"] == report["job_id"])
         assert job["state"] in ("done", "paid") and job["receipt_count"] == ROUNDS, job
         assert job["rounds_verified"] == ROUNDS, job
-    acc = final_accuracy(net, spec, Path(report["modelFile"]))
+    acc = final_accuracy(net, spec, Path(report["model_file"]))
     assert acc >= 0.75, acc
 
 
@@ -181,7 +181,7 @@ def test_poisoned_update_rejected(net: MarketNet, honest: dict[str, NodeProc]) -
     assert parts["liar"]["count"] == 0 and parts["liar"]["rejected"] == list(range(1, ROUNDS + 1))
     assert_settled(net, report, before)
     assert balances(net)["liar"] == before["liar"]
-    assert final_accuracy(net, spec, Path(report["modelFile"])) >= 0.75
+    assert final_accuracy(net, spec, Path(report["model_file"])) >= 0.75
 
 
 def test_killed_provider_not_paid_for_missed_rounds(net: MarketNet, honest: dict[str, NodeProc]) -> None:

@@ -81,10 +81,10 @@ def spec_of(net: MarketNet, ann_id: str) -> dict[str, Any]:
 def assert_stage_verified(stage: dict[str, Any], record: dict[str, Any]) -> None:
     """The stage's output folder verifies against the result hash that settled on chain."""
     out_dir = Path(record["out_dir"])
-    assert "0x" + verify_result_dir(out_dir).root.hex() == stage["resultHash"].lower()
+    assert "0x" + verify_result_dir(out_dir).root.hex() == stage["result_hash"].lower()
     settled = json.loads((out_dir / "settlement.json").read_text())
     assert settled["outcome"] == "completed" and settled["outputsVerified"] is True
-    assert settled["result"].lower() == stage["resultHash"].lower()
+    assert settled["result"].lower() == stage["result_hash"].lower()
 
 
 def test_invalid_pipelines_are_refused_before_any_transaction(net: MarketNet) -> None:
@@ -119,7 +119,7 @@ def test_mlp_pipeline_runs_to_completion(net: MarketNet, provider: NodeProc) -> 
     stages = {s["name"]: s for s in report["stages"]}
     records = read_state(state)["stages"]
     for name, s in stages.items():
-        assert s["status"] == "done" and s["jobId"] and net.job(s["jobId"]).settled
+        assert s["status"] == "done" and s["job_id"] and net.job(s["job_id"]).settled
         assert_stage_verified(s, records[name])
         assert int(s["cost"]) == STAGE_COST[name]
     # The evaluate job was announced with the train stage's weights blob, which holds the parameters only.
@@ -129,14 +129,14 @@ def test_mlp_pipeline_runs_to_completion(net: MarketNet, provider: NodeProc) -> 
     assert sorted(params) == ["layers.0.bias", "layers.0.weight", "layers.1.bias", "layers.1.weight"]
     assert 0.0 <= stages["evaluate"]["metrics"]["accuracy"] <= 1.0
     after = net.balances()
-    assert int(report["totalCost"]) == sum(STAGE_COST.values())
-    assert delta(before, after, "alice", "token") == -int(report["totalCost"])
+    assert int(report["total_cost"]) == sum(STAGE_COST.values())
+    assert delta(before, after, "alice", "token") == -int(report["total_cost"])
     assert delta(before, after, "alice", "mbal") == 0
     assert delta(before, after, "h1", "mbal") == sum(STAGE_COST.values())
     assert net.opened_events() == opened + 2
     status = net.run_requester([sys.executable, "-m", "marketplace.cli", "pipeline", "status", str(state), "--json"],
                                name="status-a")
-    assert status.rc == 0 and status.out["totalCost"] == report["totalCost"]
+    assert status.rc == 0 and status.out["total_cost"] == report["total_cost"]
 
 
 def test_interrupted_pipeline_resumes_without_paying_twice(net: MarketNet, provider: NodeProc) -> None:
@@ -161,8 +161,8 @@ def test_interrupted_pipeline_resumes_without_paying_twice(net: MarketNet, provi
     stages = {s["name"]: s for s in second.out["stages"]}
     assert all(s["status"] == "done" for s in stages.values())
     # The finished stage was kept, the opened job was resumed: same job ids, one JobOpened per stage.
-    assert stages["train"]["jobId"] == killed["train"]["job_id"]
-    assert stages["evaluate"]["jobId"] == killed["evaluate"]["job_id"]
+    assert stages["train"]["job_id"] == killed["train"]["job_id"]
+    assert stages["evaluate"]["job_id"] == killed["evaluate"]["job_id"]
     assert net.opened_events() == opened + 2
     records = read_state(state)["stages"]
     for s in stages.values():
@@ -170,7 +170,7 @@ def test_interrupted_pipeline_resumes_without_paying_twice(net: MarketNet, provi
     after = net.balances()
     assert delta(before, after, "alice", "total") == -sum(STAGE_COST.values())
     assert delta(before, after, "h1", "mbal") == sum(STAGE_COST.values())
-    assert int(second.out["totalCost"]) == sum(STAGE_COST.values())
+    assert int(second.out["total_cost"]) == sum(STAGE_COST.values())
 
 
 def test_a_failed_stage_with_an_open_job_is_resumed_not_bought_again(net: MarketNet, provider: NodeProc) -> None:
@@ -200,9 +200,9 @@ def test_a_failed_stage_with_an_open_job_is_resumed_not_bought_again(net: Market
     second = net.run_requester(run_argv(net, PIPELINE, state), timeout=400, name="pipeline-c2")
     assert second.rc == 0, second.stderr
     stages = {s["name"]: s for s in second.out["stages"]}
-    assert stages["evaluate"]["status"] == "done" and stages["evaluate"]["jobId"] == job
+    assert stages["evaluate"]["status"] == "done" and stages["evaluate"]["job_id"] == job
     assert read_state(state)["stages"]["evaluate"]["attempts"] == []
     assert net.opened_events() == opened + 2
     after = net.balances()
     assert delta(before, after, "alice", "total") == -sum(STAGE_COST.values())
-    assert int(second.out["totalCost"]) == sum(STAGE_COST.values())
+    assert int(second.out["total_cost"]) == sum(STAGE_COST.values())

@@ -370,17 +370,17 @@ def test_cli_submit_k1_against_a_real_provider_node(stack: Any, tmp_path: Path) 
                               timeout=300)
         assert done.returncode == 0, done.stderr[-3000:] + (tmp_path / "node.log").read_text()[-2000:]
         outcome = json.loads(done.stdout)
-        assert outcome["state"] == "settled" and outcome["settlement"]["outputsVerified"] is True
+        assert outcome["state"] == "settled" and outcome["settlement"]["outputs_verified"] is True
         assert [w["provider"] for w in outcome["winners"]] == [ready["address"]]
         diff = stack.diff(before, stack.balances())
         assert diff["token:requester"] + diff.get("mbal:requester", 0) == -to_wei(1)
         assert verify_result_dir(tmp_path / "out").hex == outcome["settlement"]["result"]
-        listed = subprocess.run([sys.executable, "-m", "marketplace.cli", "job", "status", outcome["jobId"], *chain,
+        listed = subprocess.run([sys.executable, "-m", "marketplace.cli", "job", "status", outcome["job_id"], *chain,
                                  "--json"], capture_output=True, text=True, env={**env, "AGORA_HOME": str(rhome)},
                                 cwd=tmp_path, timeout=60)
         status = json.loads(listed.stdout)
         assert status["status"] == "settled:completed" and status["local"]["state"] == "settled"
-        watched = subprocess.run([sys.executable, "-m", "marketplace.cli", "job", "watch", outcome["jobId"], *chain,
+        watched = subprocess.run([sys.executable, "-m", "marketplace.cli", "job", "watch", outcome["job_id"], *chain,
                                   "--timeout", "60", "--json"], capture_output=True, text=True,
                                  env={**env, "AGORA_HOME": str(rhome)}, cwd=tmp_path, timeout=90)
         assert json.loads(watched.stdout)["local"]["winners"][0]["provider"] == ready["address"]

@@ -132,7 +132,7 @@ def test_cli_add_get_ls_verify(tmp_path: Path) -> None:
     dest = tmp_path / "back.safetensors"
     assert _agora("blob", "get", entry["id"], "-o", str(dest), "--store", str(st))[0] == 0
     assert dest.read_bytes() == src.read_bytes()
-    code, out, _ = _agora("blob", "ls", "--store", str(st), "--json")
+    code, out, _ = _agora("blob", "list", "--store", str(st), "--json")
     assert [b["id"] for b in json.loads(out)] == [entry["id"]]
     assert _agora("blob", "verify", "--store", str(st))[0] == 0
     BlobStore(st).path(entry["id"]).write_bytes(b"rot")

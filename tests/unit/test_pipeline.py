@@ -333,7 +333,8 @@ def test_cli_validate_exit_codes_and_json(tmp_path: Path, store: BlobStore, data
     res = runner.invoke(app, ["pipeline", "validate", str(good), "--store", str(store.root), "--json"])
     assert res.exit_code == 0, res.output
     doc = json.loads(res.stdout)
-    assert doc["valid"] is True and doc["order"] == ["train", "eval"] and doc["maxCost"] == "2"
+    assert doc["valid"] is True and doc["order"] == ["train", "eval"] and doc["max_cost"] == "2"
+    assert doc["stages"][0]["max_price"] and doc["stages"][0]["stage_hash"]
     res = runner.invoke(app, ["pipeline", "validate", str(bad), "--store", str(store.root), "--json"])
     assert res.exit_code == 2
     doc = json.loads(res.stdout[res.stdout.find("{"):res.stdout.rfind("}") + 1])
