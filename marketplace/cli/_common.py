@@ -44,11 +44,16 @@ class GlobalOptions:
     #: Names of the options given on the command line (not taken from the environment).
     given: frozenset[str] = field(default_factory=frozenset)
 
+    def agora(self, *, need_account: bool = True, account: str | None | bool = True,
+              blob_dir: Path | None = None):  # -> Agora (imported lazily to keep `agora --help` fast)
+        """The public `Agora` object for these options; `account=None` connects without the --account (read-only
+        views of another address), `True` (the default) uses it."""
+        return open_agora(self.rpc, self.deployments, self.account if account is True else account,  # type: ignore[arg-type]
+                          self.password_file, need_account=need_account, blob_dir=blob_dir)
+
     def market(self, *, need_account: bool = True, account: str | None | bool = True):  # -> Market
-        """`open_market` with these options; `account=None` connects without the --account (read-only views of
-        another address), `True` (the default) uses it."""
-        return open_market(self.rpc, self.deployments, self.account if account is True else account,  # type: ignore[arg-type]
-                           self.password_file, need_account=need_account)
+        """The `Market` binding of `agora(...)`."""
+        return self.agora(need_account=need_account, account=account).market
 
 
 #: The global options of the command line being run (also in its `ctx.obj`), for code that has no context.
@@ -210,11 +215,11 @@ def spinner(message: str) -> Iterator[None]:
 
 
 # ---------------------------------------------------------------- connections
-def open_market(rpc: str | None, deployments: Path | None, account: str | None, password_file: Path | None,
-                *, need_account: bool = True):  # -> Market (imported lazily to keep `agora --help` fast)
-    """Connect, load the deployment, unlock the account (when needed) and return a `Market`."""
-    from marketplace.client import ChainClient
-    from marketplace.market import Market
+def open_agora(rpc: str | None, deployments: Path | None, account: str | None, password_file: Path | None,
+               *, need_account: bool = True, blob_dir: Path | None = None):  # -> Agora
+    """Connect, load the deployment and unlock the account (when needed: the one named, else AGORA_ACCOUNT, else
+    the only keystore) into the public `Agora` object every command works through."""
+    from marketplace.agora import Agora
 
     settings = load_settings()
     signer = None
@@ -223,8 +228,13 @@ def open_market(rpc: str | None, deployments: Path | None, account: str | None, 
 
         signer = load_account(account=account, password_file=password_file, settings=settings)
     with spinner("connecting"):
-        client = ChainClient.open(rpc or settings.rpc_url, deployments or settings.deployments_dir, account=signer)
-    return Market(client)
+        return Agora.connect(rpc, account=signer, deployments=deployments, blob_dir=blob_dir)
+
+
+def open_market(rpc: str | None, deployments: Path | None, account: str | None, password_file: Path | None,
+                *, need_account: bool = True):  # -> Market
+    """The `Market` binding of `open_agora(...)`."""
+    return open_agora(rpc, deployments, account, password_file, need_account=need_account).market
 
 
 def parse_amount(text: str) -> int:

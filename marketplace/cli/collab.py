@@ -25,7 +25,6 @@ from marketplace.cli.job import (
     StoreOpt,
     _bootstrap,
     _print_explanation,
-    _requester_parts,
     _say,
 )
 
@@ -62,8 +61,8 @@ def run(
     from marketplace.types import from_wei
 
     cspec = load_collab_spec(spec)
-    market = global_options(ctx).market()
-    st, blobs, key = _requester_parts(market, store)
+    agora = global_options(ctx).agora(blob_dir=store)
+    market, st, blobs, key = agora.market, agora.store, agora.blobs, agora.p2p_key
     out_dir = out or Path.cwd() / f"collab-{cspec.spec_hash().hex()[:8]}"
     try:
         report = run_collab_sync(market, cspec, store=st, blobs=blobs, key=key, out_dir=out_dir,

@@ -267,21 +267,6 @@ ListenOpt = Annotated[str, typer.Option("--listen", help="libp2p listen multiadd
 StoreOpt = Annotated[Path | None, typer.Option("--store", help="Blob store holding the spec's inputs [default $AGORA_HOME/blobs]")]
 
 
-def _requester_parts(market: Any, store_dir: Path | None) -> tuple[Any, Any, Any]:
-    """(RequesterStore, BlobStore, libp2p key) of the unlocked account."""
-    from marketplace.blobs import BlobStore, default_store
-    from marketplace.config import load_settings
-    from marketplace.p2p import load_or_create_key
-    from marketplace.p2p.identity import identity_key_path
-    from marketplace.requester import RequesterStore
-
-    settings = load_settings()
-    store = RequesterStore.for_account(settings.home, market.address)
-    blobs = BlobStore(store_dir) if store_dir else default_store()
-    key = load_or_create_key(identity_key_path(settings.keystore_dir, market.address))
-    return store, blobs, key
-
-
 def _bootstrap(given: list[str]) -> list[str]:
     from marketplace.p2p.discovery import bootstrap_from_env
 
@@ -327,18 +312,16 @@ def submit(
 
     Without --wait the command returns once the job is open; run `agora job resume` to serve its inputs and
     collect its result (providers need the requester online)."""
-    from marketplace.requester import NoAcceptableBidsError, submit_sync
+    from marketplace.requester import NoAcceptableBidsError
     from marketplace.spec import load_spec
 
     job_spec = load_spec(spec)
-    market = global_options(ctx).market()
-    st, blobs, key = _requester_parts(market, store)
+    agora = global_options(ctx).agora(blob_dir=store)
     try:
-        outcome = submit_sync(market, job_spec, store=st, blobs=blobs, key=key, bootstrap=_bootstrap(bootstrap),
-                              listen=listen, progress=None if json_out else _say, k=replicas,
-                              max_price=parse_amount(max_price), min_collateral=parse_amount(min_collateral),
-                              bid_window=bid_window, grace=grace, run_seconds=run_seconds, window=window,
-                              approve=approve, wait=wait, out_dir=out)
+        outcome = agora.submit(job_spec, k=replicas, max_price=parse_amount(max_price),
+                               bootstrap=_bootstrap(bootstrap), listen=listen, progress=None if json_out else _say,
+                               min_collateral=parse_amount(min_collateral), bid_window=bid_window, grace=grace,
+                               run_seconds=run_seconds, window=window, approve=approve, wait=wait, out_dir=out)
     except NoAcceptableBidsError as err:
         if json_out:
             emit_json({"state": "no-bids", "error": str(err), "explanation": err.explanation.to_json()})
@@ -369,12 +352,10 @@ def resume(
     json_out: JsonOpt = False,
 ) -> None:
     """Serve, collect, finalize and fetch the results of this requester's unsettled jobs (after a restart)."""
-    from marketplace.requester import resume_sync
 
-    market = global_options(ctx).market()
-    st, blobs, key = _requester_parts(market, store)
-    result = resume_sync(market, store=st, blobs=blobs, key=key, job=job_id, bootstrap=_bootstrap(bootstrap),
-                         listen=listen, withdraw=withdraw, timeout=timeout, progress=None if json_out else _say)
+    agora = global_options(ctx).agora(blob_dir=store)
+    result = agora.resume(job_id, bootstrap=_bootstrap(bootstrap), listen=listen, withdraw=withdraw,
+                          timeout=timeout, progress=None if json_out else _say)
     if json_out:
         emit_json(result)
         return

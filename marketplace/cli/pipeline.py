@@ -112,7 +112,7 @@ def run_cmd(
     """Validate, then run every stage over the market (in parallel where the DAG allows), within the budget.
 
     Run it again after an interruption: finished stages are kept (not paid again), opened jobs are resumed."""
-    from marketplace.cli.job import _bootstrap, _requester_parts
+    from marketplace.cli.job import _bootstrap
     from marketplace.pipeline import PipelineInvalidError, load_pipeline, prepare, run_pipeline_sync
 
     blobs = _blob_store(store)
@@ -121,9 +121,9 @@ def run_cmd(
     except PipelineInvalidError as err:
         _refuse(err.problems, json_out, file)
         return
-    market = global_options(ctx).market()
-    st, _, key = _requester_parts(market, store)
-    report = run_pipeline_sync(pipe, market=market, store=st, blobs=blobs, key=key, state_dir=state,
+    agora = global_options(ctx).agora(blob_dir=store)
+    report = run_pipeline_sync(pipe, market=agora.market, store=agora.store, blobs=blobs, key=agora.p2p_key,
+                               state_dir=state,
                                bootstrap=_bootstrap(bootstrap), listen=listen, approve=approve,
                                progress=_print_event,
                                requester_progress=None if json_out else
