@@ -17,7 +17,7 @@ Bytes travel as 0x-hex, token amounts as decimal strings of wei, times as unix s
 Parsing never raises anything but `ProtocolError` (a subclass of ValueError) whatever the bytes; `decode` checks
 size, JSON, the schema (unknown fields are errors) and the types. Signatures and freshness are checked by the
 `verify_*` functions and `AnnounceValidator`, which also enforces replay protection and a per-requester rate
-limit (the job of gossipsub's own spam protection, which the project switches off; see TOOLCHAIN.md).
+limit (the job of gossipsub's own spam protection, switched off here: it also throttled our own publishes).
 """
 
 from __future__ import annotations

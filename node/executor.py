@@ -39,7 +39,7 @@ from node.models import build_model, state_dict_numpy
 
 __all__ = ["PINNED_ENV", "DivergedError", "ExecutionResult", "execute", "kernel_env", "kernels_pinned"]
 
-#: The environment that pins float32 CPU kernels (see TOOLCHAIN.md); set before torch is imported.
+#: Pins float32 CPU kernels to one code path (ATen default, MKL CBWR, oneDNN SSE4.1); set before torch import.
 PINNED_ENV = {"ATEN_CPU_CAPABILITY": "default", "MKL_CBWR": "COMPATIBLE", "ONEDNN_MAX_CPU_ISA": "SSE41"}
 
 

@@ -6,7 +6,7 @@
         await node.gossip.publish(topic, payload)          # paced; never silently dropped by our own queue
         async for msg in sub: ...                          # GossipMessage(topic, data, origin, received)
 
-What differs from `Pubsub(host, GossipSub(...))` as shipped (see TOOLCHAIN.md):
+What differs from `Pubsub(host, GossipSub(...))` with py-libp2p 0.8.1's defaults:
 - gossipsub's spam protection (10 msg/s per topic per sender, applied to the node's own publishes and to what it
   relays) is off; each topic's validator does the project's own checks, per requester, before anything is
   relayed;
