@@ -1,5 +1,5 @@
 // Hardhat 2 config: compiles contracts/ offline with the npm `solc` (solcjs) and runs `hardhat node`.
-// Settings mirror marketplace/build.py (SOLC_VERSION, EVM_VERSION, OPTIMIZER_RUNS): same sources, same
+// Settings mirror marketplace/build.py (SOLC_VERSION, EVM_VERSION, OPTIMIZER_RUNS, VIA_IR): same sources, same
 // source names and same settings give the same bytecode as `agora contracts build`.
 'use strict';
 
@@ -38,6 +38,7 @@ module.exports = {
     settings: {
       evmVersion: 'shanghai',
       optimizer: { enabled: true, runs: 1000 },
+      viaIR: true,
       metadata: { appendCBOR: true },
     },
   },

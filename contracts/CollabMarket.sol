@@ -7,6 +7,7 @@ import {ECDSA} from "@openzeppelin/contracts/utils/cryptography/ECDSA.sol";
 import {EIP712} from "@openzeppelin/contracts/utils/cryptography/EIP712.sol";
 import {ReentrancyGuard} from "@openzeppelin/contracts/utils/ReentrancyGuard.sol";
 import {CollabPhase, CollabView, ICollabMarket} from "./interfaces/ICollabMarket.sol";
+import {TokenPull} from "./libraries/TokenPull.sol";
 
 /// @title CollabMarket
 /// @notice Escrow and once-per-job settlement of collaborative training jobs (see ICollabMarket).
@@ -326,11 +327,7 @@ contract CollabMarket is ICollabMarket, EIP712, ReentrancyGuard {
 
     /// @dev Pull `amount` tokens from `owner`, failing with the amounts instead of the token's own revert.
     function _pull(address owner, uint256 amount) private {
-        if (amount == 0 || _token.trySafeTransferFrom(owner, address(this), amount)) return;
-        uint256 allowance = _token.allowance(owner, address(this));
-        if (allowance < amount) revert CollabInsufficientAllowance(owner, allowance, amount);
-        uint256 balance = _token.balanceOf(owner);
-        if (balance < amount) revert CollabInsufficientBalance(owner, balance, amount);
-        _token.safeTransferFrom(owner, address(this), amount); // reverts with the token's own reason
+        if (amount == 0) return;
+        TokenPull.pull(_token, owner, amount, CollabInsufficientAllowance.selector, CollabInsufficientBalance.selector);
     }
 }

@@ -2,12 +2,14 @@
 pragma solidity ^0.8.24;
 
 import {IERC20} from "@openzeppelin/contracts/token/ERC20/IERC20.sol";
-import {SafeERC20} from "@openzeppelin/contracts/token/ERC20/utils/SafeERC20.sol";
 import {ECDSA} from "@openzeppelin/contracts/utils/cryptography/ECDSA.sol";
 import {EIP712} from "@openzeppelin/contracts/utils/cryptography/EIP712.sol";
-import {ReentrancyGuard} from "@openzeppelin/contracts/utils/ReentrancyGuard.sol";
+import {Escrow} from "./base/Escrow.sol";
+import {UnorderedNonces} from "./base/UnorderedNonces.sol";
 import {IJobMarket} from "./interfaces/IJobMarket.sol";
 import {IProviderRegistry} from "./interfaces/IProviderRegistry.sol";
+import {MajorityTally} from "./libraries/MajorityTally.sol";
+import {JobSlot, JobSlotLibrary} from "./types/JobSlot.sol";
 import {
     Assignment,
     Bid,
@@ -24,8 +26,9 @@ import {
 /// @title JobMarket
 /// @notice Escrow, verification and settlement of compute jobs negotiated off-chain (see IJobMarket).
 /// Invariant: token.balanceOf(this) == escrow of live jobs + sum of market balances.
-contract JobMarket is IJobMarket, EIP712, ReentrancyGuard {
-    using SafeERC20 for IERC20;
+/// @dev Balances, deposits and withdrawals are the Escrow base's; bid nonces the UnorderedNonces base's; a job's
+/// storage word is a JobSlot; majority counting is MajorityTally's.
+contract JobMarket is IJobMarket, EIP712, Escrow, UnorderedNonces {
 
     bytes32 private constant _BID_TYPEHASH = keccak256(
         "Bid(bytes32 specHash,address requester,address provider,uint96 price,uint96 collateral,uint32 runSeconds,uint32 minWindow,uint64 maxDeadline,uint64 expiry,uint256 nonce)"
@@ -37,24 +40,18 @@ contract JobMarket is IJobMarket, EIP712, ReentrancyGuard {
     uint256 private constant _FIELD_PHASE = 5;
     uint256 private constant _FIELD_RESULT = 7;
     uint256 private constant _FIELD_CHALLENGE_END = 8;
-    uint256 private constant _HASH_MASK = ~uint256(0) << 64;
-    uint256 private constant _BLOCK_MASK = uint256(0xFFFFFFFF) << 32;
-    uint256 private constant _TOMBSTONE = 1;
 
-    IERC20 private immutable _token;
     IProviderRegistry private immutable _registry;
     uint32 private immutable _minRun;
     uint32 private immutable _maxRun;
     uint32 private immutable _minWindow;
     uint32 private immutable _maxWindow;
 
-    /// @dev hash192(job) | opening block << 32 | committed bitmap << 16 | revealed bitmap. Deleted at settlement
-    /// (gas refund), except a job settled in its opening block, which leaves _TOMBSTONE so its id stays unique.
-    mapping(bytes32 jobId => uint256) private _jobs;
+    /// @dev Deleted at settlement (gas refund), except a job settled in its opening block, which leaves
+    /// JobSlotLibrary.TOMBSTONE so its id stays unique.
+    mapping(bytes32 jobId => JobSlot) private _jobs;
     /// @dev Commitment of participant i, replaced by its result on reveal; cleared at settlement.
     mapping(bytes32 jobId => mapping(uint256 index => bytes32)) private _results;
-    mapping(address provider => mapping(uint256 wordPos => uint256)) private _nonces;
-    mapping(address account => uint256) private _balances;
 
     /// @dev What every bid of a job must agree to.
     struct Terms {
@@ -87,10 +84,9 @@ contract JobMarket is IJobMarket, EIP712, ReentrancyGuard {
         uint32 maxRun_,
         uint32 minWindow_,
         uint32 maxWindow_
-    ) EIP712("TensoragoraMarket", "1") {
+    ) EIP712("TensoragoraMarket", "1") Escrow(token_) {
         if (address(token_) == address(0) || address(registry_) == address(0)) revert MarketZeroAddress();
         if (minRun_ > maxRun_ || minWindow_ > maxWindow_ || minWindow_ == 0) revert MarketBadBounds();
-        _token = token_;
         _registry = registry_;
         (_minRun, _maxRun, _minWindow, _maxWindow) = (minRun_, maxRun_, minWindow_, maxWindow_);
     }
@@ -104,7 +100,7 @@ contract JobMarket is IJobMarket, EIP712, ReentrancyGuard {
         returns (bytes32 jobId)
     {
         jobId = keccak256(abi.encode(msg.sender, params.salt, block.number));
-        if (_jobs[jobId] != 0) revert MarketJobExists(jobId);
+        if (JobSlot.unwrap(_jobs[jobId]) != 0) revert MarketJobExists(jobId);
         _checkTiming(params.deadline, params.window);
         Job memory job;
         job.requester = msg.sender;
@@ -125,7 +121,7 @@ contract JobMarket is IJobMarket, EIP712, ReentrancyGuard {
             Terms memory terms = Terms(job.specHash, msg.sender, job.deadline, job.window);
             (job.workers, escrow) = _takeBids(terms, bids, job.workers);
         }
-        _jobs[jobId] = _hashMemory(job) | (uint256(uint32(block.number)) << 32);
+        _jobs[jobId] = JobSlotLibrary.open(_hashMemory(job), block.number);
         uint96 fromBalance = _useBalance(msg.sender, escrow);
         emit JobOpened(
             jobId, msg.sender, job.specHash, job.deadline, job.window, job.replicas, escrow, fromBalance, job.workers
@@ -135,7 +131,7 @@ contract JobMarket is IJobMarket, EIP712, ReentrancyGuard {
 
     /// @inheritdoc IJobMarket
     function assign(bytes32 jobId, Job calldata job, SignedBid[] calldata bids) external nonReentrant {
-        uint256 slot = _load(jobId, job);
+        JobSlot slot = _load(jobId, job);
         _onlyRequester(job);
         _expectPhase(jobId, job, JobPhase.Open);
         if (bids.length != job.replicas) revert MarketWrongBidCount(bids.length, job.replicas);
@@ -146,8 +142,8 @@ contract JobMarket is IJobMarket, EIP712, ReentrancyGuard {
         if (total > job.budget) revert MarketOverBudget(total, job.budget);
         uint96 refund = job.budget - total;
         (next.phase, next.budget) = (JobPhase.Assigned, 0);
-        _jobs[jobId] = _hashMemory(next) | (slot & _BLOCK_MASK);
-        _balances[job.requester] += refund;
+        _jobs[jobId] = slot.withHash(_hashMemory(next));
+        _update(job.requester, refund, true);
         emit JobAssigned(jobId, next.workers, refund);
     }
 
@@ -172,7 +168,7 @@ contract JobMarket is IJobMarket, EIP712, ReentrancyGuard {
         external
         nonReentrant
     {
-        uint256 slot = _load(jobId, job);
+        JobSlot slot = _load(jobId, job);
         _onlyRequester(job);
         _expectPhase(jobId, job, JobPhase.Submitted);
         if (block.timestamp > job.challengeEnd) revert MarketChallengeWindowClosed(job.challengeEnd, block.timestamp);
@@ -187,7 +183,7 @@ contract JobMarket is IJobMarket, EIP712, ReentrancyGuard {
         if (cost > job.workers[0].collateral) revert MarketDisputeTooCostly(cost, job.workers[0].collateral);
         (next.phase, next.deadline) = (JobPhase.Disputed, deadline);
         // Participant 0 (the original worker) counts as committed and revealed with `job.result`.
-        _jobs[jobId] = _hashMemory(next) | (slot & _BLOCK_MASK) | (1 << 16) | 1;
+        _jobs[jobId] = slot.withHash(_hashMemory(next)).setCommitted(0).setRevealed(0);
         uint96 fromBalance = _useBalance(job.requester, cost);
         emit JobDisputed(jobId, next.verifiers, deadline, cost);
         _pull(job.requester, cost - fromBalance);
@@ -215,8 +211,8 @@ contract JobMarket is IJobMarket, EIP712, ReentrancyGuard {
     /// @inheritdoc IJobMarket
     function submitResult(bytes32 jobId, Job calldata job, bytes32 result) external {
         bytes memory encoded = abi.encode(job);
-        uint256 slot = _jobs[jobId];
-        _check(jobId, slot, encoded);
+        JobSlot slot = _jobs[jobId];
+        _check(jobId, slot, uint256(keccak256(encoded)));
         if (job.phase != JobPhase.Assigned || job.replicas != 1) revert MarketWrongPhase(jobId, job.phase);
         if (msg.sender != job.workers[0].provider) revert MarketNotAssignedProvider(msg.sender, 0);
         if (block.timestamp > job.deadline) revert MarketDeadlinePassed(job.deadline, block.timestamp);
@@ -227,39 +223,37 @@ contract JobMarket is IJobMarket, EIP712, ReentrancyGuard {
         _setField(encoded, _FIELD_PHASE, uint256(JobPhase.Submitted));
         _setField(encoded, _FIELD_RESULT, uint256(result));
         _setField(encoded, _FIELD_CHALLENGE_END, challengeEnd);
-        _jobs[jobId] = (uint256(keccak256(encoded)) & _HASH_MASK) | (slot & _BLOCK_MASK);
+        _jobs[jobId] = slot.withHash(uint256(keccak256(encoded)));
         emit ResultSubmitted(jobId, msg.sender, result, challengeEnd);
     }
 
     /// @inheritdoc IJobMarket
     function commit(bytes32 jobId, Job calldata job, uint256 index, bytes32 commitment) external {
-        uint256 slot = _load(jobId, job);
+        JobSlot slot = _load(jobId, job);
         (Assignment calldata a,) = _participant(jobId, job, index);
         if (msg.sender != a.provider) revert MarketNotAssignedProvider(msg.sender, index);
         if (block.timestamp > job.deadline) revert MarketDeadlinePassed(job.deadline, block.timestamp);
-        uint256 bit = 1 << index;
-        if ((slot >> 16) & bit != 0) revert MarketAlreadyCommitted(index);
+        if (slot.isCommitted(index)) revert MarketAlreadyCommitted(index);
         if (commitment == bytes32(0)) revert MarketZeroResult();
         _results[jobId][index] = commitment;
-        _jobs[jobId] = slot | (bit << 16);
+        _jobs[jobId] = slot.setCommitted(index);
         emit ResultCommitted(jobId, msg.sender, index, commitment);
     }
 
     /// @inheritdoc IJobMarket
     function commitBatch(bytes32 jobId, Job calldata job, SignedCommit[] calldata commits) external {
-        uint256 slot = _load(jobId, job);
+        JobSlot slot = _load(jobId, job);
         if (block.timestamp > job.deadline) revert MarketDeadlinePassed(job.deadline, block.timestamp);
         for (uint256 i = 0; i < commits.length; ++i) {
             SignedCommit calldata c = commits[i];
             (Assignment calldata a,) = _participant(jobId, job, c.index);
-            uint256 bit = 1 << c.index;
-            if ((slot >> 16) & bit != 0) continue;
+            if (slot.isCommitted(c.index)) continue;
             if (c.commitment == bytes32(0)) revert MarketZeroResult();
             bytes32 digest = _hashTypedDataV4(keccak256(abi.encode(_COMMIT_TYPEHASH, jobId, c.index, c.commitment)));
             (address signer,,) = ECDSA.tryRecover(digest, c.v, c.r, c.s);
             if (signer != a.provider) revert MarketBadCommitSignature(c.index, signer);
             _results[jobId][c.index] = c.commitment;
-            slot |= bit << 16;
+            slot = slot.setCommitted(c.index);
             emit ResultCommitted(jobId, a.provider, c.index, c.commitment);
         }
         _jobs[jobId] = slot;
@@ -270,7 +264,7 @@ contract JobMarket is IJobMarket, EIP712, ReentrancyGuard {
         external
         nonReentrant
     {
-        uint256 slot = _load(jobId, job);
+        JobSlot slot = _load(jobId, job);
         (Assignment calldata a, uint256 n) = _participant(jobId, job, index);
         if (msg.sender != a.provider) revert MarketNotAssignedProvider(msg.sender, index);
         slot = _reveal(jobId, job, slot, n, index, a.provider, result, salt);
@@ -279,7 +273,7 @@ contract JobMarket is IJobMarket, EIP712, ReentrancyGuard {
 
     /// @inheritdoc IJobMarket
     function revealBatch(bytes32 jobId, Job calldata job, Reveal[] calldata reveals) external nonReentrant {
-        uint256 slot = _load(jobId, job);
+        JobSlot slot = _load(jobId, job);
         uint256 n;
         for (uint256 i = 0; i < reveals.length; ++i) {
             Reveal calldata rv = reveals[i];
@@ -290,17 +284,11 @@ contract JobMarket is IJobMarket, EIP712, ReentrancyGuard {
         if (reveals.length != 0) _afterReveals(jobId, job, slot, n);
     }
 
-    /// @inheritdoc IJobMarket
-    function cancelNonces(uint256 wordPos, uint256 mask) external {
-        _nonces[msg.sender][wordPos] |= mask;
-        emit NoncesCancelled(msg.sender, wordPos, mask);
-    }
-
     // ------------------------------------------------------------------ anyone
 
     /// @inheritdoc IJobMarket
     function finalize(bytes32 jobId, Job calldata job) external nonReentrant {
-        uint256 slot = _load(jobId, job);
+        JobSlot slot = _load(jobId, job);
         uint256 readyAt = _tryFinalize(jobId, job, slot);
         if (readyAt != 0) revert MarketNotFinalizable(jobId, job.phase, readyAt);
     }
@@ -313,31 +301,12 @@ contract JobMarket is IJobMarket, EIP712, ReentrancyGuard {
     {
         if (jobIds.length != jobs.length) revert MarketLengthMismatch(jobIds.length, jobs.length);
         for (uint256 i = 0; i < jobIds.length; ++i) {
-            uint256 current = _jobs[jobIds[i]];
-            if (current == 0 || current == _TOMBSTONE) continue; // settled meanwhile (or never opened)
-            uint256 slot = _load(jobIds[i], jobs[i]);
+            if (!_jobs[jobIds[i]].isLive()) continue; // settled meanwhile (or never opened)
+            JobSlot slot = _load(jobIds[i], jobs[i]);
             uint256 readyAt = _tryFinalize(jobIds[i], jobs[i], slot);
             if (readyAt != 0) revert MarketNotFinalizable(jobIds[i], jobs[i].phase, readyAt);
             ++settled;
         }
-    }
-
-    /// @inheritdoc IJobMarket
-    function deposit(uint256 amount) external nonReentrant {
-        if (amount == 0) revert MarketZeroAmount();
-        _balances[msg.sender] += amount;
-        emit Deposited(msg.sender, amount);
-        _pull(msg.sender, amount);
-    }
-
-    /// @inheritdoc IJobMarket
-    function withdraw(uint256 amount) external nonReentrant {
-        if (amount == 0) revert MarketZeroAmount();
-        uint256 available = _balances[msg.sender];
-        if (available < amount) revert MarketInsufficientWithdrawable(msg.sender, available, amount);
-        _balances[msg.sender] = available - amount;
-        emit Withdrawn(msg.sender, amount);
-        _token.safeTransfer(msg.sender, amount);
     }
 
     // ------------------------------------------------------------------ views
@@ -358,13 +327,8 @@ contract JobMarket is IJobMarket, EIP712, ReentrancyGuard {
     }
 
     /// @inheritdoc IJobMarket
-    function isNonceUsed(address provider, uint256 nonce) external view returns (bool) {
-        return _nonces[provider][nonce >> 8] & (1 << (nonce & 0xff)) != 0;
-    }
-
-    /// @inheritdoc IJobMarket
     function jobSlot(bytes32 jobId) external view returns (uint256) {
-        return _jobs[jobId];
+        return uint256(JobSlot.unwrap(_jobs[jobId]));
     }
 
     /// @inheritdoc IJobMarket
@@ -384,11 +348,6 @@ contract JobMarket is IJobMarket, EIP712, ReentrancyGuard {
     /// @inheritdoc IJobMarket
     function resultOf(bytes32 jobId, uint256 index) external view returns (bytes32) {
         return _results[jobId][index];
-    }
-
-    /// @inheritdoc IJobMarket
-    function balanceOf(address account) external view returns (uint256) {
-        return _balances[account];
     }
 
     /// @inheritdoc IJobMarket
@@ -417,18 +376,16 @@ contract JobMarket is IJobMarket, EIP712, ReentrancyGuard {
     function _reveal(
         bytes32 jobId,
         Job calldata job,
-        uint256 slot,
+        JobSlot slot,
         uint256 n,
         uint256 index,
         address provider,
         bytes32 result,
         bytes32 salt
-    ) private returns (uint256) {
-        uint256 bit = 1 << index;
-        uint256 committed = (slot >> 16) & 0xFFFF;
-        if (committed & bit == 0) revert MarketNotCommitted(index);
-        if (slot & bit != 0) revert MarketAlreadyRevealed(index);
-        if (committed != (1 << n) - 1 && block.timestamp <= job.deadline) {
+    ) private returns (JobSlot) {
+        if (!slot.isCommitted(index)) revert MarketNotCommitted(index);
+        if (slot.isRevealed(index)) revert MarketAlreadyRevealed(index);
+        if (slot.committed() != (1 << n) - 1 && block.timestamp <= job.deadline) {
             revert MarketRevealNotOpen(job.deadline, block.timestamp);
         }
         uint256 revealEnd = uint256(job.deadline) + job.window;
@@ -439,13 +396,12 @@ contract JobMarket is IJobMarket, EIP712, ReentrancyGuard {
         }
         _results[jobId][index] = result;
         emit ResultRevealed(jobId, provider, index, result);
-        return slot | bit;
+        return slot.setRevealed(index);
     }
 
     /// @dev Store the slot, or settle when every committed result is revealed and no more can come.
-    function _afterReveals(bytes32 jobId, Job calldata job, uint256 slot, uint256 n) private {
-        uint256 committed = (slot >> 16) & 0xFFFF;
-        if (slot & 0xFFFF == committed && (committed == (1 << n) - 1 || block.timestamp > job.deadline)) {
+    function _afterReveals(bytes32 jobId, Job calldata job, JobSlot slot, uint256 n) private {
+        if (slot.allRevealed() && (slot.committed() == (1 << n) - 1 || block.timestamp > job.deadline)) {
             _settleMajority(jobId, job, slot, n);
         } else {
             _jobs[jobId] = slot;
@@ -453,7 +409,7 @@ contract JobMarket is IJobMarket, EIP712, ReentrancyGuard {
     }
 
     /// @dev Settle `job` if its deadlines allow; returns 0 when settled, else the first second it could be.
-    function _tryFinalize(bytes32 jobId, Job calldata job, uint256 slot) private returns (uint256 readyAt) {
+    function _tryFinalize(bytes32 jobId, Job calldata job, JobSlot slot) private returns (uint256 readyAt) {
         JobPhase phase = job.phase;
         if (phase == JobPhase.Submitted) {
             if (block.timestamp <= job.challengeEnd) return uint256(job.challengeEnd) + 1;
@@ -472,7 +428,7 @@ contract JobMarket is IJobMarket, EIP712, ReentrancyGuard {
         } else {
             (, uint256 n) = _participant(jobId, job, 0);
             uint256 revealEnd = uint256(job.deadline) + job.window;
-            if (block.timestamp <= revealEnd && slot & 0xFFFF != (slot >> 16) & 0xFFFF) return revealEnd + 1;
+            if (block.timestamp <= revealEnd && !slot.allRevealed()) return revealEnd + 1;
             _settleMajority(jobId, job, slot, n);
         }
         return 0;
@@ -480,7 +436,7 @@ contract JobMarket is IJobMarket, EIP712, ReentrancyGuard {
 
     function _closeOpen(bytes32 jobId, Job calldata job) private {
         _close(jobId);
-        _balances[job.requester] += job.budget;
+        _update(job.requester, job.budget, true);
         emit JobSettled(jobId, Outcome.Cancelled, bytes32(0), 0, 0, job.budget, 0);
     }
 
@@ -491,7 +447,7 @@ contract JobMarket is IJobMarket, EIP712, ReentrancyGuard {
 
     function _pay(bytes32 jobId, Assignment calldata w, bytes32 result) private {
         _close(jobId);
-        _balances[w.provider] += w.price;
+        _update(w.provider, w.price, true);
         emit JobSettled(jobId, Outcome.Completed, result, 1, 0, 0, 0);
         IProviderRegistry.CollateralChange[] memory changes = new IProviderRegistry.CollateralChange[](1);
         changes[0] = IProviderRegistry.CollateralChange(w.provider, w.collateral, _rewardFor(w));
@@ -502,7 +458,7 @@ contract JobMarket is IJobMarket, EIP712, ReentrancyGuard {
     function _expireSingle(bytes32 jobId, Job calldata job) private {
         Assignment calldata w = job.workers[0];
         _close(jobId);
-        _balances[job.requester] += uint256(w.price) + w.collateral;
+        _update(job.requester, uint256(w.price) + w.collateral, true);
         emit JobSettled(jobId, Outcome.Expired, bytes32(0), 0, 1, w.price, w.collateral);
         IProviderRegistry.CollateralChange[] memory changes = new IProviderRegistry.CollateralChange[](1);
         changes[0] = IProviderRegistry.CollateralChange(w.provider, w.collateral, CollateralOutcome.Slash);
@@ -512,31 +468,30 @@ contract JobMarket is IJobMarket, EIP712, ReentrancyGuard {
     /// @dev Commit-reveal settlement over n participants: a strict majority of all n is paid; minority and
     /// missing participants are slashed to the requester; without a majority the requester gets all escrow back,
     /// except in a dispute, where the original result then stands (see below).
-    function _settleMajority(bytes32 jobId, Job calldata job, uint256 slot, uint256 n) private {
+    function _settleMajority(bytes32 jobId, Job calldata job, JobSlot slot, uint256 n) private {
         bool disputed = job.phase == JobPhase.Disputed;
-        uint256 revealed = slot & 0xFFFF;
+        uint256 revealed = slot.revealed();
         bytes32[] memory values = new bytes32[](n);
         for (uint256 i = 0; i < n; ++i) {
             if (revealed & (1 << i) == 0) continue;
             values[i] = (disputed && i == 0) ? job.result : _results[jobId][i];
         }
-        Tally memory t = _majority(values, revealed, n);
+        Tally memory t;
+        (t.winner, t.hasWinner, t.paidMask) = MajorityTally.majority(values, revealed, n);
         // A dispute puts the burden of proof on the challenger: without a strict majority against it, the original
         // result stands and whoever revealed it is paid. Otherwise a requester could get work for free by
         // disputing with verifiers that never show up or that disagree with each other.
         bool originalStands = disputed && !t.hasWinner;
         if (originalStands) {
             t.winner = job.result;
-            for (uint256 i = 0; i < n; ++i) {
-                if (revealed & (1 << i) != 0 && values[i] == job.result) t.paidMask |= 1 << i;
-            }
+            t.paidMask = MajorityTally.matching(values, revealed, n, job.result);
         }
         IProviderRegistry.CollateralChange[] memory changes = new IProviderRegistry.CollateralChange[](n);
         for (uint256 i = 0; i < n; ++i) {
             Assignment calldata a = (disputed && i > 0) ? job.verifiers[i - 1] : job.workers[disputed ? 0 : i];
             CollateralOutcome outcome;
             if (t.paidMask & (1 << i) != 0) {
-                _balances[a.provider] += a.price;
+                _update(a.provider, a.price, true);
                 outcome = _rewardFor(a);
             } else {
                 t.refund += a.price;
@@ -549,10 +504,10 @@ contract JobMarket is IJobMarket, EIP712, ReentrancyGuard {
                 }
             }
             changes[i] = IProviderRegistry.CollateralChange(a.provider, a.collateral, outcome);
-            if (!(disputed && i == 0) && (slot >> 16) & (1 << i) != 0) delete _results[jobId][i];
+            if (!(disputed && i == 0) && slot.isCommitted(i)) delete _results[jobId][i];
         }
         _close(jobId);
-        _balances[job.requester] += t.refund + t.compensation;
+        _update(job.requester, t.refund + t.compensation, true);
         emit JobSettled(
             jobId,
             (t.hasWinner || originalStands) ? Outcome.Completed : (revealed == 0 ? Outcome.Expired : Outcome.NoMajority),
@@ -563,22 +518,6 @@ contract JobMarket is IJobMarket, EIP712, ReentrancyGuard {
             uint96(t.compensation)
         );
         _registry.settle(changes);
-    }
-
-    /// @dev The value revealed by more than half of all n participants, if any, and who revealed it.
-    function _majority(bytes32[] memory values, uint256 revealed, uint256 n) private pure returns (Tally memory t) {
-        for (uint256 i = 0; i < n && !t.hasWinner; ++i) {
-            if (revealed & (1 << i) == 0) continue;
-            uint256 mask;
-            uint256 count;
-            for (uint256 j = 0; j < n; ++j) {
-                if (revealed & (1 << j) != 0 && values[j] == values[i]) {
-                    mask |= 1 << j;
-                    ++count;
-                }
-            }
-            if (2 * count > n) (t.winner, t.hasWinner, t.paidMask) = (values[i], true, mask);
-        }
     }
 
     /// @dev Participant `index` of a replicated or disputed job, and the number of participants.
@@ -623,10 +562,7 @@ contract JobMarket is IJobMarket, EIP712, ReentrancyGuard {
             (address signer, ECDSA.RecoverError err,) =
                 ECDSA.tryRecover(_bidDigest(b), bids[i].v, bids[i].r, bids[i].s);
             if (err != ECDSA.RecoverError.NoError || signer != provider) revert MarketBadBidSignature(provider, signer);
-            uint256 bit = 1 << (b.nonce & 0xff);
-            uint256 word = _nonces[provider][b.nonce >> 8];
-            if (word & bit != 0) revert MarketBidNonceUsed(provider, b.nonce);
-            _nonces[provider][b.nonce >> 8] = word | bit;
+            if (!_useNonce(provider, b.nonce)) revert MarketBidNonceUsed(provider, b.nonce);
             for (uint256 j = 0; j < i; ++j) {
                 if (out[j].provider == provider) revert MarketDuplicateProvider(provider);
             }
@@ -656,22 +592,22 @@ contract JobMarket is IJobMarket, EIP712, ReentrancyGuard {
     }
 
     /// @dev Read the job slot and check `job` is its current state.
-    function _load(bytes32 jobId, Job calldata job) private view returns (uint256 slot) {
+    function _load(bytes32 jobId, Job calldata job) private view returns (JobSlot slot) {
         slot = _jobs[jobId];
-        if (slot == 0 || slot == _TOMBSTONE) revert MarketUnknownJob(jobId);
-        if (slot & _HASH_MASK != _hashCalldata(job)) revert MarketJobMismatch(jobId);
+        _check(jobId, slot, _hashCalldata(job));
     }
 
     /// @dev End a job's on-chain life: delete its slot (refund), or leave a tombstone when it settles in the block
     /// that opened it, so the same requester and salt cannot open the same id again in that block.
     function _close(bytes32 jobId) private {
-        if ((_jobs[jobId] & _BLOCK_MASK) >> 32 == uint32(block.number)) _jobs[jobId] = _TOMBSTONE;
-        else delete _jobs[jobId];
+        if (_jobs[jobId].openedIn() == uint32(block.number)) _jobs[jobId] = JobSlotLibrary.TOMBSTONE;
+        else _jobs[jobId] = JobSlot.wrap(0);
     }
 
-    function _check(bytes32 jobId, uint256 slot, bytes memory encoded) private pure {
-        if (slot == 0 || slot == _TOMBSTONE) revert MarketUnknownJob(jobId);
-        if (slot & _HASH_MASK != uint256(keccak256(encoded)) & _HASH_MASK) revert MarketJobMismatch(jobId);
+    /// @dev Check that `slot` is a live job whose hash is `jobHash`.
+    function _check(bytes32 jobId, JobSlot slot, uint256 jobHash) private pure {
+        if (!slot.isLive()) revert MarketUnknownJob(jobId);
+        if (!slot.hashMatches(jobHash)) revert MarketJobMismatch(jobId);
     }
 
     /// @dev Overwrite head word `field` of abi.encode(job) (a dynamic tuple: one offset word, then the head).
@@ -690,28 +626,22 @@ contract JobMarket is IJobMarket, EIP712, ReentrancyGuard {
     }
 
     function _hashCalldata(Job calldata job) private pure returns (uint256) {
-        return uint256(keccak256(abi.encode(job))) & _HASH_MASK;
+        return uint256(keccak256(abi.encode(job))) & JobSlotLibrary.HASH_MASK;
     }
 
     function _hashMemory(Job memory job) private pure returns (uint256) {
-        return uint256(keccak256(abi.encode(job))) & _HASH_MASK;
+        return uint256(keccak256(abi.encode(job)));
     }
 
-    /// @dev Take up to `amount` from the caller's market balance; returns what was taken.
-    function _useBalance(address owner, uint96 amount) private returns (uint96 taken) {
-        uint256 available = _balances[owner];
-        if (available == 0) return 0;
-        taken = available < amount ? uint96(available) : amount;
-        _balances[owner] = available - taken;
+    function _escrowErrors() internal pure override returns (bytes4, bytes4, bytes4) {
+        return (
+            MarketInsufficientWithdrawable.selector,
+            MarketInsufficientAllowance.selector,
+            MarketInsufficientBalance.selector
+        );
     }
 
-    /// @dev Pull `amount` tokens from `owner`, failing with the amounts instead of the token's own revert.
-    function _pull(address owner, uint256 amount) private {
-        if (amount == 0 || _token.trySafeTransferFrom(owner, address(this), amount)) return;
-        uint256 allowance = _token.allowance(owner, address(this));
-        if (allowance < amount) revert MarketInsufficientAllowance(owner, allowance, amount);
-        uint256 balance = _token.balanceOf(owner);
-        if (balance < amount) revert MarketInsufficientBalance(owner, balance, amount);
-        _token.safeTransferFrom(owner, address(this), amount); // reverts with the token's own reason
+    function _zeroAmountError() internal pure override returns (bytes4) {
+        return MarketZeroAmount.selector;
     }
 }

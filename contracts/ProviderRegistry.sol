@@ -5,6 +5,7 @@ import {IERC20} from "@openzeppelin/contracts/token/ERC20/IERC20.sol";
 import {SafeERC20} from "@openzeppelin/contracts/token/ERC20/utils/SafeERC20.sol";
 import {ReentrancyGuard} from "@openzeppelin/contracts/utils/ReentrancyGuard.sol";
 import {IProviderRegistry} from "./interfaces/IProviderRegistry.sol";
+import {TokenPull} from "./libraries/TokenPull.sol";
 import {CollateralOutcome} from "./types/MarketTypes.sol";
 
 /// @title ProviderRegistry
@@ -229,13 +230,10 @@ contract ProviderRegistry is IProviderRegistry, ReentrancyGuard {
         if (peerId.length == 0 || peerId.length > _MAX_PEER_ID_BYTES) revert RegistryBadPeerId(peerId.length);
     }
 
-    /// @dev Pull `amount` from `owner`, with a precise error instead of the token's own revert.
+    /// @dev Pull `amount` tokens from `owner`, failing with the amounts instead of the token's own revert.
     function _pull(address owner, uint256 amount) private {
-        if (_token.trySafeTransferFrom(owner, address(this), amount)) return;
-        uint256 allowance = _token.allowance(owner, address(this));
-        if (allowance < amount) revert RegistryInsufficientAllowance(owner, allowance, amount);
-        uint256 balance = _token.balanceOf(owner);
-        if (balance < amount) revert RegistryInsufficientBalance(owner, balance, amount);
-        _token.safeTransferFrom(owner, address(this), amount); // reverts with the token's own reason
+        TokenPull.pull(
+            _token, owner, amount, RegistryInsufficientAllowance.selector, RegistryInsufficientBalance.selector
+        );
     }
 }

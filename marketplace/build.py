@@ -1,5 +1,11 @@
 """Offline, reproducible Solidity build: `contracts/**/*.sol` -> `marketplace/artifacts/<Contract>.json`.
 
+Each artifact carries the ABI, bytecode, compiler settings, the contract's metadata (the exact JSON string whose
+hash the bytecode ends with, as Sourcify verifies it) and its NatSpec (`devdoc`, `userdoc`). `build-info.json`
+carries the complete solc standard-JSON input (every source, OpenZeppelin's included, with its content), so a
+deployment can be verified on a block explorer (Etherscan's "standard JSON input", with the contract named
+`contracts/JobMarket.sol:JobMarket`) without this repository.
+
 The compiler is a native `solc` of the pinned version when one is on PATH, else the npm `solc` package
 (WebAssembly) behind `scripts/solc-shim.js`; both give the same bytecode. Nothing is downloaded. Sources are
 keyed relative to the repo root (`contracts/JobMarket.sol`) and OpenZeppelin keeps its import names
@@ -29,8 +35,11 @@ SHIM = REPO_ROOT / "scripts" / "solc-shim.js"
 SOLC_VERSION = "0.8.30"  # must match package.json's "solc" and hardhat.config.js
 EVM_VERSION = "shanghai"  # OpenZeppelin 5.4 + shanghai runs on anvil, ganache, hardhat and py-evm
 OPTIMIZER_RUNS = 1000
+# The IR pipeline: smaller and cheaper code than the legacy one for these contracts (JobMarket must stay well
+# under the EIP-170 limit of 24,576 bytes), at the cost of a slower compile.
+VIA_IR = True
 OUTPUTS = ["abi", "evm.bytecode.object", "evm.bytecode.linkReferences",
-           "evm.deployedBytecode.object", "evm.deployedBytecode.linkReferences"]
+           "evm.deployedBytecode.object", "evm.deployedBytecode.linkReferences", "metadata", "devdoc", "userdoc"]
 _NPM_FIX = "run `npm ci` in the repo root"
 _VERSION_RE = re.compile(r"Version:\s*(\d+\.\d+\.\d+)(\+commit\.[0-9a-f]+)")
 
@@ -41,6 +50,7 @@ def compiler_settings() -> dict[str, Any]:
         "evmVersion": EVM_VERSION,
         "optimizer": {"enabled": True, "runs": OPTIMIZER_RUNS},
         "metadata": {"appendCBOR": True},
+        "viaIR": VIA_IR,
         "outputSelection": {"*": {"*": list(OUTPUTS)}},
     }
 
@@ -135,6 +145,12 @@ def _format(err: dict[str, Any], sources: dict[str, str], root: Path) -> str:
     return f"{where}{err.get('type', 'Error')}: {err.get('message', '').strip()}"
 
 
+def standard_input(sources: dict[str, str]) -> dict[str, Any]:
+    """The solc standard-JSON input compiling `sources` (name -> content) with `compiler_settings()`."""
+    return {"language": "Solidity", "settings": compiler_settings(),
+            "sources": {name: {"content": text} for name, text in sorted(sources.items())}}
+
+
 def compile_standard(sources: dict[str, str], root: Path, compiler: Compiler) -> dict[str, Any]:
     """Run standard-JSON compilation of `sources` (name -> content) with py-solc-x and `compiler`.
 
@@ -146,8 +162,7 @@ def compile_standard(sources: dict[str, str], root: Path, compiler: Compiler) ->
         from solcx.exceptions import SolcError
     except ImportError as err:
         raise ToolchainError("py-solc-x is not installed: pip install -e '.[build]'") from err
-    std_input = {"language": "Solidity", "settings": compiler_settings(),
-                 "sources": {name: {"content": text} for name, text in sorted(sources.items())}}
+    std_input = standard_input(sources)
     try:
         output = solcx.compile_standard(std_input, solc_binary=compiler.binary, base_path=NODE_MODULES,
                                         allow_paths=[NODE_MODULES])
@@ -165,16 +180,18 @@ def compile_standard(sources: dict[str, str], root: Path, compiler: Compiler) ->
 
 def make_artifacts(sources: dict[str, str], output: dict[str, Any], root: Path,
                    compiler: Compiler) -> dict[str, str]:
-    """Artifact file name -> canonical JSON text, for every contract of `sources` with bytecode,
-    plus `build-info.json`. Raises ToolchainError on duplicate contract names."""
+    """Artifact file name -> canonical JSON text, for every contract of `sources` with bytecode and an ABI
+    (interfaces, abstract contracts and internal-only libraries have nothing to deploy, call or link), plus
+    `build-info.json` with the standard-JSON input of every compiled source. Raises ToolchainError on duplicate
+    contract names."""
     settings = compiler_settings()
     files: dict[str, str] = {}
     for source_name in sorted(sources):
         for name, contract in sorted(output.get("contracts", {}).get(source_name, {}).items()):
             evm = contract.get("evm", {})
             bytecode = evm.get("bytecode", {}).get("object", "")
-            if not bytecode:
-                continue  # interface, abstract contract
+            if not bytecode or not contract.get("abi"):
+                continue  # interface, abstract contract, library of internal functions only
             if f"{name}.json" in files:
                 raise ToolchainError(f"two contracts named {name} ({source_name}): names must be unique")
             art: dict[str, Any] = {
@@ -182,17 +199,21 @@ def make_artifacts(sources: dict[str, str], output: dict[str, Any], root: Path,
                 "bytecode": "0x" + bytecode,
                 "deployedBytecode": "0x" + evm.get("deployedBytecode", {}).get("object", ""),
                 "compiler": {"version": compiler.version, "settings": settings},
+                "metadata": contract.get("metadata", ""),
+                "devdoc": contract.get("devdoc", {}), "userdoc": contract.get("userdoc", {}),
             }
             links = evm.get("bytecode", {}).get("linkReferences") or {}
             if links:
                 art["linkReferences"] = links
             files[f"{name}.json"] = dumps_canonical(art)
     source_hashes = {}
+    compiled: dict[str, str] = {}
     for name in sorted(output.get("sources", {})):
         text = _source_text(name, sources, root)
         if text is None:
             raise ToolchainError(f"compiled source {name} not found under {root} or {NODE_MODULES}")
         source_hashes[name] = hashlib.sha256(text.encode("utf-8")).hexdigest()
+        compiled[name] = text
     packages = {}
     for pkg in ("solc", "@openzeppelin/contracts"):
         meta = NODE_MODULES / pkg / "package.json"
@@ -201,6 +222,8 @@ def make_artifacts(sources: dict[str, str], output: dict[str, Any], root: Path,
         "compiler": {"version": compiler.version, "settings": settings},
         "npmPackages": packages, "sources": source_hashes,
         "contracts": sorted(f[:-5] for f in files),
+        # Self-contained (imports included): what a block explorer needs to verify any of the contracts.
+        "input": standard_input(compiled),
     })
     return files
 

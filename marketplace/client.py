@@ -16,6 +16,7 @@ from web3.contract import Contract
 from web3.contract.contract import ContractFunction
 from web3.exceptions import ContractLogicError, TimeExhausted, Web3Exception, Web3RPCError
 
+from marketplace import eip712
 from marketplace.artifacts import load_artifact
 from marketplace.deployment import Deployment
 from marketplace.errors import (
@@ -97,6 +98,7 @@ class ChainClient:
         self.token = self._contract("AgoraToken", deployment.token)
         self.registry = self._contract("ProviderRegistry", deployment.registry)
         self.market = self._contract("JobMarket", deployment.market)
+        eip712.watch_market(w3, deployment.market)  # signers read the market's EIP-712 domain on first use
         self._nonce: int | None = None
 
     @classmethod

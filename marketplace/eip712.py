@@ -1,17 +1,94 @@
-"""EIP-712 typed data for bids: the same digest the market computes (`JobMarket.bidDigest`)."""
+"""EIP-712 typed data for bids, commitments and results: the same digests the market computes
+(`JobMarket.bidDigest`, `commitDigest`, `resultDigest`).
+
+The domain's name and version are the market's own, read from its `eip712Domain()` (ERC-5267) and cached per
+market address; nothing here hard-codes them. A `ChainClient` makes its market readable (`watch_market`), so
+code that signs with only `chain_id` and `market` in hand finds the domain on first use. Offline signing (no
+chain) states the domain explicitly with `set_domain`; `domain_of` is the pure constructor.
+"""
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 from eth_account import Account
 from eth_account.messages import _hash_eip191_message, encode_typed_data
 from eth_utils import to_checksum_address
 
+from marketplace.errors import ConfigError
 from marketplace.types import Bid, SignedBid
 
-DOMAIN_NAME = "TensoragoraMarket"
-DOMAIN_VERSION = "1"
+# ERC-5267: fields bitmap 0x0f = name, version, chainId, verifyingContract (no salt, no extensions).
+_ERC5267_ABI = [{
+    "type": "function", "name": "eip712Domain", "stateMutability": "view", "inputs": [],
+    "outputs": [{"name": "fields", "type": "bytes1"}, {"name": "name", "type": "string"},
+                {"name": "version", "type": "string"}, {"name": "chainId", "type": "uint256"},
+                {"name": "verifyingContract", "type": "address"}, {"name": "salt", "type": "bytes32"},
+                {"name": "extensions", "type": "uint256[]"}],
+}]
+_FIELDS = 0x0F
+
+_lock = threading.Lock()
+_names: dict[str, tuple[str, str]] = {}  # market address -> (name, version)
+_connections: dict[str, Any] = {}  # market address -> a Web3 that can read it
+
+
+def domain_of(name: str, version: str, chain_id: int, market: str) -> dict[str, Any]:
+    """The EIP-712 domain with these values (pure): binds a signature to one chain and one market contract."""
+    return {"name": name, "version": version, "chainId": chain_id, "verifyingContract": to_checksum_address(market)}
+
+
+def read_domain(w3: Any, market: str) -> dict[str, Any]:
+    """The market's EIP-712 domain as its `eip712Domain()` reports it (one eth_call, not cached).
+
+    Raises ConfigError if the call fails or the domain is not the (name, version, chainId, verifyingContract)
+    kind the market signs with.
+    """
+    address = to_checksum_address(market)
+    try:
+        fields, name, version, chain_id, verifying, _salt, extensions = (
+            w3.eth.contract(address=address, abi=_ERC5267_ABI).functions.eip712Domain().call())
+    except Exception as err:  # noqa: BLE001 - any RPC / decoding failure means: no usable domain here
+        raise ConfigError(f"cannot read the EIP-712 domain of {address} (eip712Domain()): {err}") from err
+    if bytes(fields) != bytes([_FIELDS]) or extensions or to_checksum_address(verifying) != address:
+        raise ConfigError(f"{address} reports an unsupported EIP-712 domain: fields {bytes(fields).hex()}, "
+                          f"verifyingContract {verifying}, extensions {list(extensions)}")
+    return domain_of(name, version, int(chain_id), address)
+
+
+def set_domain(market: str, name: str, version: str) -> None:
+    """State the domain name and version of `market` (offline signing; a market read later replaces it)."""
+    with _lock:
+        _names[to_checksum_address(market)] = (name, version)
+
+
+def watch_market(w3: Any, market: str) -> None:
+    """Let `domain` read `market`'s domain through `w3` when first needed (ChainClient calls this; no RPC)."""
+    with _lock:
+        _connections[to_checksum_address(market)] = w3
+
+
+def domain(chain_id: int, market: str) -> dict[str, Any]:
+    """The EIP-712 domain of `market` on chain `chain_id`; its name and version are read from the market once
+    (through the connection `watch_market` gave for it) and cached per market address.
+
+    Raises ConfigError when the market is unknown and cannot be read.
+    """
+    address = to_checksum_address(market)
+    with _lock:
+        known = _names.get(address)
+        w3 = _connections.get(address)
+    if known is None:
+        if w3 is None:
+            raise ConfigError(f"EIP-712 domain of market {address} unknown: connect a ChainClient to it "
+                              "first, or state it with eip712.set_domain")
+        read = read_domain(w3, address)
+        known = (read["name"], read["version"])
+        with _lock:
+            _names[address] = known
+    return domain_of(known[0], known[1], chain_id, address)
+
 
 BID_TYPES: dict[str, list[dict[str, str]]] = {
     "Bid": [
@@ -27,12 +104,6 @@ BID_TYPES: dict[str, list[dict[str, str]]] = {
         {"name": "nonce", "type": "uint256"},
     ]
 }
-
-
-def domain(chain_id: int, market: str) -> dict[str, Any]:
-    """The market's EIP-712 domain: binds a signature to one chain and one market contract."""
-    return {"name": DOMAIN_NAME, "version": DOMAIN_VERSION, "chainId": chain_id,
-            "verifyingContract": to_checksum_address(market)}
 
 
 def bid_digest(bid: Bid, *, chain_id: int, market: str) -> bytes:

@@ -4,14 +4,17 @@ pragma solidity ^0.8.24;
 import {
     Assignment, Bid, Job, JobParams, JobPhase, Outcome, Reveal, SignedBid, SignedCommit
 } from "../types/MarketTypes.sol";
+import {IEscrow} from "./IEscrow.sol";
+import {IUnorderedNonces} from "./IUnorderedNonces.sol";
 
 /// @title Job market: off-chain negotiation, on-chain escrow, verification and settlement.
 /// @notice A requester opens a job with providers' signed bids and locks the escrow in one transaction.
 /// k = 1: the provider submits a result hash; the requester accepts, or disputes within the challenge window,
 /// which escalates to re-execution by verifiers settled by commit-reveal majority. k >= 2: every provider commits
 /// keccak256(abi.encode(jobId, provider, result, salt)), then reveals; a strict majority is paid. Anyone may
-/// finalize after the deadlines, so no party can lock funds by vanishing. Payments are pull-based.
-interface IJobMarket {
+/// finalize after the deadlines, so no party can lock funds by vanishing. Payments are pull-based (IEscrow);
+/// bids carry unordered nonces (IUnorderedNonces).
+interface IJobMarket is IEscrow, IUnorderedNonces {
     event JobOpened(
         bytes32 indexed jobId,
         address indexed requester,
@@ -42,9 +45,6 @@ interface IJobMarket {
         uint96 refund,
         uint96 compensation
     );
-    event Deposited(address indexed account, uint256 amount);
-    event Withdrawn(address indexed account, uint256 amount);
-    event NoncesCancelled(address indexed provider, uint256 wordPos, uint256 mask);
 
     error MarketZeroAddress();
     error MarketBadBounds();
@@ -150,15 +150,6 @@ interface IJobMarket {
     /// @return settled Number of jobs this call settled.
     function finalizeBatch(bytes32[] calldata jobIds, Job[] calldata jobs) external returns (uint256 settled);
 
-    /// @notice Add tokens to the caller's market balance (used first to fund jobs).
-    function deposit(uint256 amount) external;
-
-    /// @notice Withdraw `amount` of the caller's market balance (earnings, refunds, compensation, deposits).
-    function withdraw(uint256 amount) external;
-
-    /// @notice Provider: cancel every unused bid nonce whose bit is set in `mask`, in word `wordPos`.
-    function cancelNonces(uint256 wordPos, uint256 mask) external;
-
     /// @notice The EIP-712 digest a provider signs for `bid`.
     function bidDigest(Bid calldata bid) external view returns (bytes32);
 
@@ -167,9 +158,6 @@ interface IJobMarket {
 
     /// @notice The EIP-712 digest a k = 1 provider signs over its result for `acceptSignedResult`.
     function resultDigest(bytes32 jobId, bytes32 result) external view returns (bytes32);
-
-    /// @notice Whether `nonce` of `provider` was used or cancelled.
-    function isNonceUsed(address provider, uint256 nonce) external view returns (bool);
 
     /// @notice Raw job slot: the top 192 bits of keccak256(abi.encode(job)), the opening block number (32 bits),
     /// then two 16-bit bitmaps (committed, revealed). 0 = no live job (unknown, or settled); 1 = settled in the
@@ -187,8 +175,6 @@ interface IJobMarket {
 
     /// @notice Commitment, then revealed result, of participant `index`.
     function resultOf(bytes32 jobId, uint256 index) external view returns (bytes32);
-
-    function balanceOf(address account) external view returns (uint256);
 
     /// @notice Deploy-time bounds: deadline in [now + minRun, now + maxRun], window in [minWindow, maxWindow].
     function bounds() external view returns (uint32 minRun, uint32 maxRun, uint32 minWindow, uint32 maxWindow);

@@ -82,7 +82,8 @@ struct Assignment {
     uint96 collateral;
 }
 
-/// @notice What the requester chooses when opening a job. The job id is keccak256(abi.encode(requester, salt)).
+/// @notice What the requester chooses when opening a job. The job id is
+/// keccak256(abi.encode(requester, salt, block.number)), block.number being that of the block that opens it.
 /// `window` is the challenge window (k = 1) or the reveal window after `deadline` (k >= 2 and disputes).
 /// `budget` is escrowed only when the job opens without bids; `replicas` is k.
 struct JobParams {
@@ -95,8 +96,8 @@ struct JobParams {
 }
 
 /// @notice The whole state of a live job. Only keccak256(abi.encode(job)) is stored (192 bits of it, next to the
-/// opening block and the commit and reveal bitmaps); every call passes the job back as calldata and the market checks it against the
-/// stored hash. Off-chain code rebuilds it from the market's events (JobOpened, JobAssigned, ResultSubmitted,
+/// opening block and the commit and reveal bitmaps: see JobSlot); every call passes the job back as calldata and
+/// the market checks it against the stored hash. Off-chain code rebuilds it from the market's events (JobOpened, JobAssigned, ResultSubmitted,
 /// JobDisputed). Storing one commitment instead of every field is what keeps a job under 200k gas.
 struct Job {
     address requester;

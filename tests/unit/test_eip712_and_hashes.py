@@ -21,6 +21,7 @@ from web3.logs import DISCARD
 
 from marketplace.client import ChainClient
 from marketplace.deploy import deploy
+from marketplace import eip712
 from marketplace.eip712 import (
     COMMIT_TYPES,
     RESULT_TYPES,
@@ -29,7 +30,7 @@ from marketplace.eip712 import (
     sign_bid,
     typed_digest,
 )
-from marketplace.errors import InsufficientFundsError, TransactionRevertedError
+from marketplace.errors import ConfigError, InsufficientFundsError, TransactionRevertedError
 from marketplace.revert import DecodedError, decode_revert, to_agora_error
 from marketplace.types import HASH_MASK, Assignment, Bid, Job, JobParams, JobPhase, commitment_for, job_id_for, to_wei
 
@@ -74,13 +75,36 @@ def test_bid_digest_binds_chain_and_market(chain: SimpleNamespace) -> None:
     bid = _bid()
     on_chain = bytes(chain.market.functions.bidDigest(bid.as_abi()).call())
     assert bid_digest(bid, chain_id=1, market=chain.address) != on_chain
+    mine = eip712.domain(chain.chain_id, chain.address)
+    eip712.set_domain(chain.deployment.registry, mine["name"], mine["version"])  # same name, other contract
     assert bid_digest(bid, chain_id=chain.chain_id, market=chain.deployment.registry) != on_chain
+
+
+def test_domain_is_read_from_the_market_and_cached(chain: SimpleNamespace) -> None:
+    name, version, chain_id, verifying = chain.market.functions.eip712Domain().call()[1:5]
+    assert eip712.read_domain(chain.w3, chain.address) == eip712.domain_of(name, version, chain_id, verifying)
+    assert eip712.domain(chain.chain_id, chain.address) == eip712.domain_of(name, version, chain.chain_id,
+                                                                            chain.address)
+    calls = []
+    real = eip712.read_domain
+    try:
+        eip712.read_domain = lambda *a: calls.append(a) or real(*a)  # type: ignore[assignment]
+        eip712.domain(chain.chain_id, chain.address)
+    finally:
+        eip712.read_domain = real  # type: ignore[assignment]
+    assert calls == []  # cached per market address: no second eth_call
+    # A contract without ERC-5267 (the token), and an address nobody connected, are refused, not guessed.
+    with pytest.raises(ConfigError, match="eip712Domain"):
+        eip712.read_domain(chain.w3, chain.deployment.token)
+    with pytest.raises(ConfigError, match="unknown"):
+        eip712.domain(chain.chain_id, ADDR[6])
 
 
 def test_signed_bid_recovers_provider() -> None:
     key = bytes([9]) * 32
     provider = Account.from_key(key).address
     bid = _bid(provider=provider)
+    eip712.set_domain(ADDR[7], "SomeMarket", "2")  # offline: no contract at ADDR[7], the domain is stated
     signed = sign_bid(key, bid, chain_id=31337, market=ADDR[7])
     assert recover_bid_signer(signed, chain_id=31337, market=ADDR[7]) == provider
     assert recover_bid_signer(signed, chain_id=1, market=ADDR[7]) != provider
