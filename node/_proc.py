@@ -17,18 +17,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from marketplace.errors import AgoraError
+from node.errors import WorkerError, WorkerGoneError
 
 #: Seconds a worker may take to import torch and the executor (a cold `import torch` takes ~2.4 s).
 START_TIMEOUT_S = 120.0
-
-
-class WorkerError(AgoraError, RuntimeError):
-    """A sandbox worker could not start, died, or stopped answering."""
-
-
-class WorkerGoneError(WorkerError):
-    """The worker's pipe closed (it died); a fresh worker may retry the job."""
 
 
 class WorkerProcess:

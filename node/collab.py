@@ -19,12 +19,8 @@ import numpy as np
 
 from marketplace.collab.aggregate import decode, encode
 from marketplace.collab.spec import CollabSpec, local_spec
-from marketplace.errors import AgoraError
 from marketplace.results import OUTPUTS_FILE
-
-
-class RoundFailedError(AgoraError, RuntimeError):
-    """The local round did not end "ok" in the sandbox (timeout, out-of-memory, bad input, crash)."""
+from node.errors import RoundFailedError
 
 
 @dataclass

@@ -67,6 +67,8 @@ from marketplace.protocol import (
 from marketplace.spec import JobSpec, parse_spec
 from marketplace.types import Assignment, Bid, JobPhase, b32, commitment_for
 
+from node.errors import AgentError
+
 from .config import NodeConfig
 from .ops import Metrics, OpsServer
 from .store import SENT_COMMIT, SENT_RESULT, SENT_REVEAL, BidRow, JobRow, NodeStore
@@ -84,10 +86,6 @@ JOB_POLL_S = 1.0
 FUNDS_CACHE_S = 3.0
 MAX_SPEC_BYTES = 1 << 20
 LOG_RANGE = 2000  # blocks per eth_getLogs call
-
-
-class AgentError(AgoraError):
-    """The node cannot start or keep running (chain, registration, identity)."""
 
 
 @dataclass(frozen=True)
