@@ -22,6 +22,7 @@ from marketplace.errors import AgoraError, SpecError
 if TYPE_CHECKING:
     import numpy as np
 
+    from marketplace.blobs import BlobStore
     from marketplace.spec import JobSpec
 
 MiB = 1 << 20
@@ -58,7 +59,7 @@ def resolve_executor(target: str = DEFAULT_EXECUTOR) -> Executor:
     return getattr(importlib.import_module(module), name or "execute")
 
 
-def load_job_tensors(spec: JobSpec, store: Any, *, max_bytes: int
+def load_job_tensors(spec: JobSpec, store: BlobStore, *, max_bytes: int
                      ) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, np.ndarray] | None, np.ndarray | None]:
     """Fetch and parse every blob the spec names: (inputs by data name, weights or None, order or None).
 
@@ -114,7 +115,8 @@ def _one_line(text: str, limit: int = 500) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def run_job(spec: JobSpec, store: Any, out_dir: Path, execute: Executor, **exec_kwargs: Any) -> JobOutcome:
+def run_job(spec: JobSpec, store: BlobStore, out_dir: Path, execute: Executor,
+            **exec_kwargs: Any) -> JobOutcome:
     """Run one job to completion in this process and write its outputs into `out_dir`. `exec_kwargs` go to
     the executor (threads, require_pinned).
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -21,6 +21,10 @@ from marketplace.collab.aggregate import decode, encode
 from marketplace.collab.spec import CollabSpec, local_spec
 from marketplace.results import OUTPUTS_FILE
 from node.errors import RoundFailedError
+
+if TYPE_CHECKING:
+    from marketplace.canonical import ResultManifest
+    from node.sandbox import Sandbox
 
 
 @dataclass
@@ -31,11 +35,11 @@ class RoundUpdate:
     blob_bytes: bytes
     blob_id: str
     compute_s: float
-    manifest: Any  # marketplace.canonical.ResultManifest
+    manifest: ResultManifest
     weights: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
 
-def train_round(sandbox: Any, spec: CollabSpec, global_blob: str, shard: Mapping[str, Any], out_dir: Path
+def train_round(sandbox: Sandbox, spec: CollabSpec, global_blob: str, shard: Mapping[str, Any], out_dir: Path
                 ) -> RoundUpdate:
     """Train the global model `global_blob` on `shard` for the spec's local epochs in `sandbox`
     (a `node.sandbox.Sandbox`; the global model and the shard's blobs must already be in `sandbox.store`).

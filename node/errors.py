@@ -49,5 +49,5 @@ class DivergedError(SpecError):
     """Training produced a non-finite loss or weight; no weights are returned. Lower the learning rate."""
 
 
-__all__ = ["STATUS_EXIT", "AgentError", "DivergedError", "LocalRunFailedError", "RoundFailedError", "WorkerError",
-           "WorkerGoneError"]
+__all__ = ["STATUS_EXIT", "AgentError", "DivergedError", "LocalRunFailedError", "RoundFailedError",
+           "WorkerError", "WorkerGoneError"]

@@ -22,6 +22,7 @@ from node._job import DEFAULT_EXECUTOR, JobOutcome, resolve_executor, run_job
 from node._proc import WorkerError, WorkerGoneError, WorkerProcess
 
 if TYPE_CHECKING:
+    from marketplace.blobs import BlobStore
     from marketplace.canonical import ResultManifest
     from marketplace.spec import JobSpec
 
@@ -43,7 +44,8 @@ class Sandbox:
     benchmarks may point it elsewhere. `workers_dir` holds worker logs and per-job scratch directories
     (default: a fresh temporary directory, removed by `close()`)."""
 
-    def __init__(self, store: Any, *, workers_dir: Path | None = None, executor: str = DEFAULT_EXECUTOR) -> None:
+    def __init__(self, store: BlobStore, *, workers_dir: Path | None = None,
+                 executor: str = DEFAULT_EXECUTOR) -> None:
         self.store = store
         self.executor = executor
         self._own_dir = workers_dir is None
@@ -128,7 +130,8 @@ class Sandbox:
             shutil.rmtree(self.workers_dir, ignore_errors=True)
 
 
-def run_in_process(spec: JobSpec, store: Any, out_dir: Path, *, executor: str = DEFAULT_EXECUTOR) -> ResultManifest:
+def run_in_process(spec: JobSpec, store: BlobStore, out_dir: Path, *,
+                   executor: str = DEFAULT_EXECUTOR) -> ResultManifest:
     """Run `spec` in this process with no isolation at all (the benchmark baseline); same outputs and manifest
     as `Sandbox.run`. Raises ImportError when the executor (torch) is missing, OSError for `out_dir`."""
     t0 = time.monotonic()
@@ -142,6 +145,7 @@ def run_in_process(spec: JobSpec, store: Any, out_dir: Path, *, executor: str = 
 def _finish(spec: JobSpec, out_dir: Path, outcome: JobOutcome, record: dict[str, Any], *,
             queue_s: float, wall_s: float) -> ResultManifest:
     """Write the manifest (always) and the sandbox record; drop stale outputs of a failed job."""
+    from marketplace.blobs import BlobStore
     from marketplace.canonical import ResultManifest
     from marketplace.results import OUTPUTS_FILE
 

@@ -20,6 +20,7 @@ from typing import Any
 import trio
 from eth_utils import keccak
 from web3 import Web3
+from web3.types import LogReceipt
 
 from marketplace.blobs import blob_id_of
 from marketplace.eip712 import sign_commit, sign_result
@@ -124,7 +125,7 @@ class JobRunner:
                                     start=int(start) if start is not None else self.ctx.block,
                                     save=lambda block: self.store.set_meta("last_block", str(block)))
 
-        async def on_chunk(logs: list[Any]) -> None:
+        async def on_chunk(logs: list[LogReceipt]) -> None:
             for raw in logs:
                 event = events.get(Web3.to_hex(raw["topics"][0]))
                 if event is None:
