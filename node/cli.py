@@ -18,7 +18,6 @@ from rich.markup import escape
 
 from marketplace.cli import app
 from marketplace.cli._common import (
-    EXIT_JOB_FAILED,
     JsonOpt,
     console,
     emit_json,
@@ -28,21 +27,12 @@ from marketplace.cli._common import (
     spinner,
 )
 from marketplace.errors import AgoraError, ToolchainError
+from node.errors import LocalRunFailedError
 
 NEEDS_TORCH = "this command needs the provider extra: pip install 'tensoragora[node]'"
 
 SpecArg = Annotated[Path, typer.Argument(help="Job spec (YAML or JSON)", exists=True, dir_okay=False)]
 StoreOpt = Annotated[Path | None, typer.Option("--store", help="Blob store directory [default: the default store]")]
-
-
-class JobFailedError(AgoraError, RuntimeError):
-    """A job ended with a status other than ok (timeout, out-of-memory, bad-input, crash: exit 4, the status is in
-    the message), or a result does not match its recomputation (status "mismatch": exit 1)."""
-
-    def __init__(self, status: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.exit_code = 1 if status == "mismatch" else EXIT_JOB_FAILED
 
 
 def _require_torch() -> None:
@@ -63,12 +53,12 @@ def _manifest_json(result_dir: Path) -> dict[str, Any]:
     return dict(json.loads((result_dir / "manifest.json").read_text()))
 
 
-def _failure(manifest: Any, result_dir: Path | None) -> JobFailedError:
+def _failure(manifest: Any, result_dir: Path | None) -> LocalRunFailedError:
     """One line for a non-ok manifest: the status and the last line of its error."""
     lines = [ln for ln in (manifest.error or "").strip().splitlines() if ln.strip()]
     reason = lines[-1].strip() if lines else "no details"
     where = f" (details in {result_dir / 'manifest.json'})" if result_dir is not None else ""
-    return JobFailedError(manifest.status, escape(f"job ended with status {manifest.status}: {reason}{where}"))
+    return LocalRunFailedError(manifest.status, escape(f"job ended with status {manifest.status}: {reason}{where}"))
 
 
 def _run_sandboxed(spec: Any, store: Any, out_dir: Path) -> Any:
@@ -123,9 +113,9 @@ def verify_cmd(spec_path: SpecArg,
         verify_result_dir(result_dir)
         claimed = ResultManifest.read(result_dir)
     except (AgoraError, ValueError, OSError) as err:
-        raise JobFailedError("mismatch", escape(f"{result_dir} does not match its own manifest: {err}")) from None
+        raise LocalRunFailedError("mismatch", escape(f"{result_dir} does not match its own manifest: {err}")) from None
     if claimed.spec_hash != "0x" + spec.spec_hash().hex():
-        raise JobFailedError("mismatch", f"{result_dir} is the result of another spec ({claimed.spec_hash})")
+        raise LocalRunFailedError("mismatch", f"{result_dir} is the result of another spec ({claimed.spec_hash})")
     with tempfile.TemporaryDirectory(prefix="agora-verify-") as tmp:
         mine = _run_sandboxed(spec, _open_store(store), Path(tmp))
         if mine.status != "ok":
@@ -138,7 +128,7 @@ def verify_cmd(spec_path: SpecArg,
         emit_json(report)
     if not report["match"]:
         names = ", ".join(differ) or "(same tensors, different root)"
-        raise JobFailedError("mismatch", f"MISMATCH: {len(differ)} of {len(ours)} tensors differ: {names}")
+        raise LocalRunFailedError("mismatch", f"MISMATCH: {len(differ)} of {len(ours)} tensors differ: {names}")
     if not as_json:
         console.print(f"[green]match[/green] {mine.result_hash} ({len(ours)} tensors, profile "
                       f"{spec.determinism})", highlight=False, soft_wrap=True)

@@ -1,4 +1,5 @@
-"""A provider's side of collaborative training (docs/collaborative-training.md): one `CollabParticipant` per job.
+"""A provider's side of collaborative training (docs/collaborative-training.md): `CollabJobs` joins the jobs this
+node was assigned (and, after a restart, makes sure saved receipts get paid); one `CollabParticipant` per job.
 
 It trusts nothing it cannot check:
 - the assignment only after the chain shows this node at that index, at its own bid's price, for the spec its
@@ -14,19 +15,22 @@ requester never settles.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import trio
 from eth_utils import keccak
+from libp2p.peer.id import ID
 
 from marketplace.blobs import blob_id_of
 from marketplace.collab.aggregate import aggregate, encode
-from marketplace.collab.chain import CollabChain, recover_receipt_signer
+from marketplace.collab.chain import CollabChain, CollabJobView, recover_receipt_signer
 from marketplace.collab.protocol import (
     COLLAB_PROTOCOL,
     CollabAssigned,
@@ -40,14 +44,15 @@ from marketplace.collab.protocol import (
 from marketplace.collab.spec import CollabSpec, parse_collab_spec
 from marketplace.errors import AgoraError
 from marketplace.p2p import P2PError
+from marketplace.p2p.gossip import Subscription
 from marketplace.protocol import Ack, ProtocolError, decode
 from marketplace.tensors import load_tensors
 
-if TYPE_CHECKING:
-    from .agent import Agent
-    from .store import BidRow
+from .context import NodeContext
+from .store import BidRow
 
 log = logging.getLogger("agora.node.collab")
+node_log = logging.getLogger("agora.node")  # joins and resumed claims are node events
 
 MAX_SPEC_BYTES = 1 << 20
 POLL_S = 2.0
@@ -57,7 +62,7 @@ SECP256K1_HALF_N = 0x7FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF5D576E7357A4501DDFE92F46681
 
 @dataclass
 class CollabParticipant:
-    agent: Agent
+    ctx: NodeContext
     msg: CollabAssigned
     bid: BidRow
     chain: CollabChain
@@ -67,7 +72,7 @@ class CollabParticipant:
     updates: dict[int, str] = field(default_factory=dict)  # round -> our update blob
     models: dict[int, str] = field(default_factory=dict)  # round -> the global model it started from
     receipt: Receipt | None = None
-    view: Any = None  # the job as the chain showed it at assignment (rounds, deadline, providers)
+    view: CollabJobView | None = None  # the job as the chain showed it at assignment (rounds, deadline, providers)
     own_accepted: int = 0  # rounds whose outcome listed our update as accepted
     cache: dict[str, bytes] = field(default_factory=dict)  # our update blobs, served chunk by chunk
     last_round: int = 0
@@ -85,13 +90,13 @@ class CollabParticipant:
 
     @property
     def state_file(self) -> Path:
-        return self.agent.data_dir / "collab" / f"{self.job_id}.json"
+        return self.ctx.data_dir / "collab" / f"{self.job_id}.json"
 
     # ------------------------------------------------------------------ checks
     async def verify_assignment(self) -> None:
         """The chain must show this job open with us at `index`, at our bid's price. Raises AgoraError."""
-        view = await self.agent.read(self.chain.job, bytes.fromhex(self.job_id[2:]))
-        me, i = self.agent.address, self.msg.index
+        view = await self.ctx.io.read(self.chain.job, bytes.fromhex(self.job_id[2:]))
+        me, i = self.ctx.address, self.msg.index
         if view.phase != "Open":
             raise AgoraError(f"collab job {self.job_id} is {view.phase}, not open")
         if view.requester.lower() != self.bid.requester.lower():
@@ -159,7 +164,7 @@ class CollabParticipant:
             log.warning("collab job %s: %s", self.job_id[:10], self.error)
         self.save()
         if self.receipt is not None and self.receipt.count > 0:
-            await claim_until_paid(self.agent, self.chain, self.job_id, self.msg.index, self.receipt, self._set_state)
+            await claim_until_paid(self.ctx, self.chain, self.job_id, self.msg.index, self.receipt, self._set_state)
         self.save()
 
     def _set_state(self, state: str) -> None:
@@ -173,10 +178,11 @@ class CollabParticipant:
         await self.fetch(self.msg.shard.inputs)
         await self.fetch(self.msg.shard.labels)
         topic = collab_topic(self.job_id)
-        self.agent.host.gossip.set_validator(topic, self._validate)
-        sub = await self.agent.host.gossip.subscribe(topic)
+        self.ctx.net.gossip.set_validator(topic, self._validate)
+        sub = await self.ctx.net.gossip.subscribe(topic)
         self.state = "running"
-        now = await self.agent.refresh_chain_time()
+        assert self.view is not None
+        now = await self.ctx.refresh_chain_time()
         stop_at = trio.current_time() + max(0.0, self.view.deadline - now)  # the chain deadline, in trio time
         with trio.move_on_at(stop_at) as scope:
             async with trio.open_nursery() as nursery:
@@ -187,7 +193,7 @@ class CollabParticipant:
             self.state = "deadline"
             log.info("collab job %s: the chain deadline passed before the last round", self.job_id[:10])
 
-    async def _validate(self, data: bytes, forwarder: Any) -> bool:
+    async def _validate(self, data: bytes, forwarder: ID) -> bool:
         """Relay only round messages signed by the requester and updates signed by a participant."""
         try:
             decode_round(data, self.bid.requester, self.job_id)
@@ -201,7 +207,7 @@ class CollabParticipant:
         except ProtocolError:
             return False
 
-    async def _gossip(self, sub: Any) -> None:
+    async def _gossip(self, sub: Subscription) -> None:
         async for m in sub:
             try:
                 self.take(m.data)
@@ -209,29 +215,29 @@ class CollabParticipant:
                 continue
 
     async def fetch_spec(self) -> CollabSpec:
-        raw = await self.agent.fetch_blob_from(self.bid.requester_addrs, self.bid.requester_peer, self.job_id,
+        raw = await self.ctx.fetch_blob_from(self.bid.requester_addrs, self.bid.requester_peer, self.job_id,
                                                f"spec:{self.bid.spec_hash}", MAX_SPEC_BYTES)
         if "0x" + keccak(raw).hex() != self.bid.spec_hash.lower():
             raise AgoraError("the requester's spec does not hash to the job's spec hash")
         return parse_collab_spec(json.loads(raw), source=f"collab spec {self.bid.spec_hash[:10]}")
 
     async def fetch(self, blob: str) -> None:
-        if self.agent.blobs.has(blob):
+        if self.ctx.blobs.has(blob):
             return
         assert self.spec is not None
-        limit = min(self.spec.limits.memory_mb, self.agent.config.max_input_mb) * 2**20
-        data = await self.agent.fetch_blob_from(self.bid.requester_addrs, self.bid.requester_peer, self.job_id,
+        limit = min(self.spec.limits.memory_mb, self.ctx.config.max_input_mb) * 2**20
+        data = await self.ctx.fetch_blob_from(self.bid.requester_addrs, self.bid.requester_peer, self.job_id,
                                                 blob, limit)
-        await trio.to_thread.run_sync(self.agent.blobs.put_bytes, data)
+        await trio.to_thread.run_sync(self.ctx.blobs.put_bytes, data)
 
     async def _next_round(self) -> RoundMsg | None:
         """The next round message, or None once the job's chain deadline has passed (chain time is the
         authority: a requester that vanished must not keep the node waiting for rounds that never come)."""
-        assert self.inbox is not None
+        assert self.inbox is not None and self.view is not None
         while True:
             with trio.move_on_after(DEADLINE_POLL_S):
                 return await self.inbox.receive()
-            if await self.agent.refresh_chain_time() > self.view.deadline:
+            if await self.ctx.refresh_chain_time() > self.view.deadline:
                 self.state = "deadline"
                 log.info("collab job %s: the chain deadline passed before the last round", self.job_id[:10])
                 return None
@@ -245,7 +251,7 @@ class CollabParticipant:
                 self.done = True
                 self.state = "done"
                 return
-            phase = (await self.agent.read(self.chain.job, bytes.fromhex(self.job_id[2:]))).phase
+            phase = (await self.ctx.io.read(self.chain.job, bytes.fromhex(self.job_id[2:]))).phase
             if phase != "Open":  # settled early (or closed): work from now on could go unpaid
                 self.state, self.error = "stopped", f"the job is {phase} on chain while rounds go on"
                 log.warning("collab job %s: %s", self.job_id[:10], self.error)
@@ -260,7 +266,7 @@ class CollabParticipant:
 
     async def _check_outcome(self, msg: RoundMsg) -> bool:
         """The previous round's receipts and aggregate. False: stop working for this coordinator."""
-        me = self.agent.address.lower()
+        me = self.ctx.address.lower()
         prev = msg.round - 1
         ours = self.updates.get(prev)
         if ours is not None and any(c.provider.lower() == me and c.update == ours for c in msg.accepted):
@@ -279,7 +285,7 @@ class CollabParticipant:
                                                  f"{have}")
             log.error("collab job %s: %s", self.job_id[:10], self.error)
             return False
-        if not self.agent.config.collab_verify or prev not in self.updates or not msg.accepted:
+        if not self.ctx.config.collab_verify or prev not in self.updates or not msg.accepted:
             return True
         assert self.spec is not None
         try:
@@ -302,31 +308,31 @@ class CollabParticipant:
             raise AgoraError("the round's starting model is unknown")
         for c in msg.accepted:
             await self.fetch(c.update)
-        global_w = load_tensors(self.agent.blobs.get_bytes(start), what="global model")
-        ups = [(c.provider, load_tensors(self.agent.blobs.get_bytes(c.update), what="update"), c.n)
+        global_w = load_tensors(self.ctx.blobs.get_bytes(start), what="global model")
+        ups = [(c.provider, load_tensors(self.ctx.blobs.get_bytes(c.update), what="update"), c.n)
                for c in msg.accepted]
         new = await trio.to_thread.run_sync(aggregate, global_w, ups, self.spec.aggregation.rule,
                                             self.spec.aggregation.trim)
         return blob_id_of(encode(new))
 
     async def _train(self, msg: RoundMsg) -> None:
-        from node.collab import train_round
+        from node.runtime.collab import train_round
 
         assert self.spec is not None
         await self.fetch(msg.model)
         self.models[msg.round] = msg.model
-        out_dir = self.agent.data_dir / "collab" / self.job_id[2:14] / f"round-{msg.round}"
+        out_dir = self.ctx.data_dir / "collab" / self.job_id[2:14] / f"round-{msg.round}"
         shard = self.msg.shard.model_dump()
-        update = await trio.to_thread.run_sync(train_round, self.agent.sandbox, self.spec, msg.model, shard, out_dir)
-        await trio.to_thread.run_sync(self.agent.blobs.put_bytes, update.blob_bytes)
+        update = await trio.to_thread.run_sync(train_round, self.ctx.box, self.spec, msg.model, shard, out_dir)
+        await trio.to_thread.run_sync(self.ctx.blobs.put_bytes, update.blob_bytes)
         self.cache[update.blob_id] = update.blob_bytes
         self.updates[msg.round] = update.blob_id
-        um = UpdateMsg(job_id=self.job_id, round=msg.round, provider=self.agent.address, update=update.blob_id,
-                       n=int(shard["n"]), compute_s=round(update.compute_s, 4)).signed(self.agent.account.key)
+        um = UpdateMsg(job_id=self.job_id, round=msg.round, provider=self.ctx.address, update=update.blob_id,
+                       n=int(shard["n"]), compute_s=round(update.compute_s, 4)).signed(self.ctx.account.key)
         data = self.mutate_update(um).encode()
-        await self.agent.host.gossip.publish(collab_topic(self.job_id), data)
+        await self.ctx.net.gossip.publish(collab_topic(self.job_id), data)
         try:
-            reply = decode(await self.agent.request_peer(self.bid.requester_addrs, self.bid.requester_peer,
+            reply = decode(await self.ctx.request_peer(self.bid.requester_addrs, self.bid.requester_peer,
                                                          COLLAB_PROTOCOL, data, timeout=10), Ack)
             if not reply.ok:
                 log.warning("collab job %s round %d: update refused: %s", self.job_id[:10], msg.round, reply.reason)
@@ -356,15 +362,73 @@ class CollabParticipant:
                 "error": self.error}
 
 
-async def claim_until_paid(agent: Agent, chain: CollabChain, job_id: str, index: int, receipt: Receipt,
-                           on_state: Any = None) -> str:
+class CollabJobs:
+    """The collab jobs of this node: joining one once the chain confirms the assignment, and making sure that
+    receipts saved before a restart get paid."""
+
+    def __init__(self, ctx: NodeContext) -> None:
+        self.ctx = ctx
+        self.participants: dict[str, CollabParticipant] = {}  # collab job id -> its participant
+        self._chain: CollabChain | None = None
+
+    def chain(self) -> CollabChain:
+        """The deployment's CollabMarket. Raises AgoraError for a deployment from before CollabMarket."""
+        if self._chain is None:
+            self._chain = CollabChain(self.ctx.client)
+        return self._chain
+
+    async def join(self, msg: CollabAssigned) -> tuple[bool, str]:
+        """Start a collaborative training participant, once the chain confirms the assignment."""
+        ctx = self.ctx
+        job_id = msg.job_id.lower()
+        if job_id in self.participants:
+            return True, "already known"
+        bid = next((b for b in ctx.store.bids_for(msg.ann) if b.kind == "collab"), None)
+        if bid is None:
+            return False, "no collab bid of this node for that announcement"
+        try:
+            chain = self.chain()
+        except AgoraError as err:  # a deployment from before CollabMarket
+            return False, str(err)
+        if chain.address.lower() != msg.collab.lower():
+            return False, f"collab contract {msg.collab} is not the deployment's {chain.address}"
+        part = CollabParticipant(ctx=ctx, msg=msg, bid=bid, chain=chain)
+        try:
+            await part.verify_assignment()
+        except AgoraError as err:
+            return False, str(err)
+        self.participants[job_id] = part
+        ctx.store.set_bid_outcome(bid.nonce, "won", job_id)
+        ctx.metrics.bids.labels(outcome="won").inc()
+        node_log.info("joined collab job %s as participant %d", job_id, msg.index)
+        ctx.start_soon(part.run)
+        return True, "ok"
+
+    def resume_claims(self) -> None:
+        """Receipts of collab jobs from before a restart: make sure they are paid (claim if settled short)."""
+        docs = saved_claims(self.ctx.data_dir)
+        if not docs or not self.ctx.client.deployment.collab:
+            return
+        chain = self.chain()
+        for doc in docs:
+            node_log.info("collab job %s: checking that receipt %s is paid", doc["job_id"], doc["receipt"]["count"])
+            self.ctx.start_soon(claim_until_paid, self.ctx, chain, doc["job_id"], int(doc["index"]),
+                                Receipt.model_validate(doc["receipt"]),
+                                functools.partial(mark_saved, self.ctx.data_dir, doc["job_id"]))
+
+    def to_json(self) -> list[dict[str, Any]]:
+        return [p.to_json() for p in self.participants.values()]
+
+
+async def claim_until_paid(ctx: NodeContext, chain: CollabChain, job_id: str, index: int, receipt: Receipt,
+                           on_state: Callable[[str], None] | None = None) -> str:
     """Claim what `receipt` says if the chain credits less, for as long as the contract accepts claims.
     Returns "paid", "closed" or "unclaimed". Used after the rounds and, for saved receipts, after a restart."""
     jid = bytes.fromhex(job_id[2:])
     say = on_state or (lambda _s: None)
     while True:
-        view = await agent.read(chain.job, jid)
-        now = await agent.refresh_chain_time()
+        view = await ctx.io.read(chain.job, jid)
+        now = await ctx.refresh_chain_time()
         recorded = int(view.counts[index]) if index < len(view.counts) else 0
         if recorded >= receipt.count:
             say("paid")
@@ -377,7 +441,7 @@ async def claim_until_paid(agent: Agent, chain: CollabChain, job_id: str, index:
                                                                     + view.claim_window)
         if open_for_claims:
             try:
-                await agent.transact(chain.claim, jid, index, receipt.count, receipt.sig.as_tuple())
+                await ctx.io.send(chain.claim, jid, index, receipt.count, receipt.sig.as_tuple())
                 log.info("collab job %s: claimed %d contributions", job_id[:10], receipt.count)
                 continue
             except AgoraError as err:

@@ -1,9 +1,9 @@
 """Bidding policy: given a valid announcement and what the node knows about itself, offer or decline.
 
-A strategy is anything with `decide(announce, context) -> Offer | Decline`; it never touches the network or
+A strategy is anything with `decide(announce, context) -> Quote | Decline`; it never touches the network or
 the chain (the agent gathers `BidContext` first), so it is cheap to test and to replace. `TableStrategy`, the
 default, asks the per-kind price from the config table and declines whatever the node cannot honour. A price
-above the announcement's maximum is, by default, still offered as a counter-offer (`Offer.counter`): the bid is
+above the announcement's maximum is, by default, still offered as a counter-offer (`Quote.counter`): the bid is
 signed at our price, so the requester can only accept it at that price, and its explanation can say why no bid
 was acceptable instead of hearing nothing.
 """
@@ -30,7 +30,7 @@ class BidContext:
 
 
 @dataclass(frozen=True)
-class Offer:
+class Quote:
     price: int  # wei
     collateral: int  # wei
     run_seconds: int  # the node's estimate, what the bid promises
@@ -47,7 +47,7 @@ class Decline:
 
 
 class Strategy(Protocol):
-    def decide(self, announce: Announce, context: BidContext) -> Offer | Decline: ...
+    def decide(self, announce: Announce, context: BidContext) -> Quote | Decline: ...
 
 
 def estimate_run_seconds(input_bytes: int, *, base_s: float, mb_per_s: float) -> int:
@@ -70,7 +70,7 @@ class TableStrategy:
         return estimate_run_seconds(announce.input_bytes, base_s=self.config.estimate_base_s,
                                     mb_per_s=self.config.estimate_mb_per_s)
 
-    def decide(self, announce: Announce, context: BidContext) -> Offer | Decline:
+    def decide(self, announce: Announce, context: BidContext) -> Quote | Decline:
         if announce.kind not in context.served_kinds:
             return Decline("kind")
         if announce.device != context.device_class:
@@ -91,5 +91,5 @@ class TableStrategy:
             return Decline("too-short")
         if announce.window < self.config.min_window:
             return Decline("window")
-        return Offer(price=price, collateral=collateral, run_seconds=estimate, min_window=self.config.min_window,
+        return Quote(price=price, collateral=collateral, run_seconds=estimate, min_window=self.config.min_window,
                      counter=over)

@@ -1,4 +1,4 @@
-"""A REAL provider node (`agora node run ...`) with one misbehaviour patched into node.agent.agent.Agent.
+"""A REAL provider node (`agora node run ...`) with one misbehaviour patched into node.agent.jobs.JobRunner.
 
 Usage: python tests/integration/_adversary.py MODE node run --config ... (everything after MODE is the `agora`
 command line). MODE is one of
@@ -14,7 +14,7 @@ command line). MODE is one of
   further from the global model (global + 1000 x (trained - global)): a model-poisoning participant. The
   coordinator must reject it (norm bound) and not pay for it.
 
-Only these Agent / training functions are wrapped; everything else (bidding, fetching, sandbox, fallbacks) is the
+Only these JobRunner / training functions are wrapped; everything else (bidding, fetching, sandbox, fallbacks) is the
 product's code, so the test exercises the market's defences against a real node process.
 """
 
@@ -28,16 +28,15 @@ from typing import Any
 
 from eth_utils import keccak
 
-from node.agent import agent as agent_mod
+from node.agent.jobs import JobRunner
 from node.agent.store import SENT_COMMIT
 
 log = logging.getLogger("agora.adversary")
-Agent = agent_mod.Agent
 
 
 def patch_wrong_result() -> None:
     """After the real execution, store keccak(result) instead of the result (before any commitment exists)."""
-    original = Agent.execute
+    original = JobRunner.execute
 
     async def execute(self: Any, row: Any) -> None:
         await original(self, row)
@@ -47,12 +46,12 @@ def patch_wrong_result() -> None:
             self.store.update_job(row.job_id, result=wrong)
             log.warning("ADVERSARY wrong-result: job %s result %s replaced by %s", row.job_id, done.result, wrong)
 
-    Agent.execute = execute  # type: ignore[method-assign]
+    JobRunner.execute = execute  # type: ignore[method-assign]
 
 
 def patch_copy_commitment() -> None:
     """Skip the CommitMsg; once another participant's commitment is on chain, commit a copy of it as ours."""
-    original = Agent._settle_replicated
+    original = JobRunner._settle_replicated
 
     async def settle(self: Any, row: Any, view: Any, now: int, margin: int) -> None:
         bit = 1 << row.idx
@@ -64,17 +63,17 @@ def patch_copy_commitment() -> None:
                 return
             index, copied = min(theirs.items())
             log.warning("ADVERSARY copy-commitment: job %s copies participant %d's commitment", row.job_id, index)
-            await self.transact(self.market.commit, bytes.fromhex(row.job_id[2:]), row.idx, bytes(copied))
+            await self.io.send(self.market.commit, bytes.fromhex(row.job_id[2:]), row.idx, bytes(copied))
             self.store.update_job(row.job_id, state="committed")
             return
         await original(self, row, view, now, margin)  # reveal normally: the chain must refuse it
 
-    Agent._settle_replicated = settle  # type: ignore[method-assign]
+    JobRunner._settle_replicated = settle  # type: ignore[method-assign]
 
 
 def patch_poison_update() -> None:
     """Scale each collab update's distance from the global model by 1000 (re-encoded, so its blob id is honest)."""
-    import node.collab as collab
+    import node.runtime.collab as collab
     from marketplace.blobs import blob_id_of
     from marketplace.collab.aggregate import encode
     from marketplace.tensors import load_tensors

@@ -15,7 +15,7 @@ from marketplace.protocol import Announce
 from marketplace.types import to_wei
 from node.agent.config import DEFAULT_YAML, load_config, parse_config
 from node.agent.store import BidRow, JobRow, NodeStore
-from node.agent.strategy import BidContext, Decline, Offer, TableStrategy, estimate_run_seconds
+from node.agent.strategy import BidContext, Decline, Quote, TableStrategy, estimate_run_seconds
 
 KEY = "0x59c47ca0f6b0f3b45fe64b0ad8e4a7a5c4d3e6ac0a6e1e6a3c6f2d6b2ab0f1f8"
 PEER = "16Uiu2HAmQvBFxTbFxDw6A8rLmRqv8oz3qVJ7iFBfmJ5TgqHHTzZi"
@@ -49,9 +49,9 @@ def strategy() -> TableStrategy:
 # ------------------------------------------------------------------------------------------------ strategy
 def test_offer_prices_from_the_table(strategy: TableStrategy) -> None:
     decision = strategy.decide(announce(), context())
-    assert decision == Offer(price=to_wei(1), collateral=to_wei(10), run_seconds=11, min_window=30)
+    assert decision == Quote(price=to_wei(1), collateral=to_wei(10), run_seconds=11, min_window=30)
     train = strategy.decide(announce(kind="train", max_price=str(to_wei(3))), context())
-    assert isinstance(train, Offer) and train.price == to_wei(3)
+    assert isinstance(train, Quote) and train.price == to_wei(3)
 
 
 @pytest.mark.parametrize(("ann", "ctx", "reason"), [
@@ -74,8 +74,8 @@ def test_each_decline_reason(strategy: TableStrategy, ann: dict[str, object], ct
 def test_a_price_above_the_max_is_a_counter_offer_or_a_decline(strategy: TableStrategy) -> None:
     over = announce(max_price=str(to_wei(1) - 1))
     counter = strategy.decide(over, context())
-    assert isinstance(counter, Offer) and counter.counter and counter.price == to_wei(1)  # our price, not theirs
-    assert strategy.decide(announce(), context()) == Offer(price=to_wei(1), collateral=to_wei(10), run_seconds=11,
+    assert isinstance(counter, Quote) and counter.counter and counter.price == to_wei(1)  # our price, not theirs
+    assert strategy.decide(announce(), context()) == Quote(price=to_wei(1), collateral=to_wei(10), run_seconds=11,
                                                            min_window=30)
     strict = TableStrategy(strategy.config.model_copy(update={"counter_offers": False}))
     decision = strict.decide(over, context())
@@ -85,7 +85,7 @@ def test_a_price_above_the_max_is_a_counter_offer_or_a_decline(strategy: TableSt
 
 
 def test_run_seconds_at_the_bound_is_accepted(strategy: TableStrategy) -> None:
-    assert isinstance(strategy.decide(announce(run_seconds=16), context()), Offer)
+    assert isinstance(strategy.decide(announce(run_seconds=16), context()), Quote)
 
 
 def test_estimate_grows_with_input() -> None:

@@ -24,14 +24,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from marketplace.errors import SpecError
 from marketplace.spec import Training
+from node.errors import DivergedError
 
 FORWARD_CHUNK = 64
-
-
-class DivergedError(SpecError):
-    """Training produced a non-finite loss or weight; no weights are returned. Lower the learning rate."""
 
 
 def to_torch(x: dict[str, np.ndarray], dtype: torch.dtype, device: torch.device) -> dict[str, torch.Tensor]:

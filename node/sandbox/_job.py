@@ -2,7 +2,7 @@
 
 Read the input blobs (hash-verified, size-capped), parse them as safetensors, call the executor, write the
 outputs, and turn whatever went wrong into one of the typed statuses of a result manifest. No torch at import
-time: torch arrives with the executor (`node.executor`), which is imported by `resolve_executor`.
+time: torch arrives with the executor (`node.runtime.executor`), which is imported by `resolve_executor`.
 """
 
 from __future__ import annotations
@@ -22,10 +22,11 @@ from marketplace.errors import AgoraError, SpecError
 if TYPE_CHECKING:
     import numpy as np
 
+    from marketplace.blobs import BlobStore
     from marketplace.spec import JobSpec
 
 MiB = 1 << 20
-DEFAULT_EXECUTOR = "node.executor:execute"
+DEFAULT_EXECUTOR = "node.runtime.executor:execute"
 STATUSES = ("ok", "timeout", "out-of-memory", "bad-input", "crash")
 #: Messages by which torch / numpy / the C++ runtime say an allocation failed (RLIMIT_AS or a real shortage).
 _OOM_MARKERS = ("can't allocate memory", "cannot allocate memory", "out of memory", "bad_alloc",
@@ -58,7 +59,7 @@ def resolve_executor(target: str = DEFAULT_EXECUTOR) -> Executor:
     return getattr(importlib.import_module(module), name or "execute")
 
 
-def load_job_tensors(spec: JobSpec, store: Any, *, max_bytes: int
+def load_job_tensors(spec: JobSpec, store: BlobStore, *, max_bytes: int
                      ) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, np.ndarray] | None, np.ndarray | None]:
     """Fetch and parse every blob the spec names: (inputs by data name, weights or None, order or None).
 
@@ -114,7 +115,8 @@ def _one_line(text: str, limit: int = 500) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def run_job(spec: JobSpec, store: Any, out_dir: Path, execute: Executor, **exec_kwargs: Any) -> JobOutcome:
+def run_job(spec: JobSpec, store: BlobStore, out_dir: Path, execute: Executor,
+            **exec_kwargs: Any) -> JobOutcome:
     """Run one job to completion in this process and write its outputs into `out_dir`. `exec_kwargs` go to
     the executor (threads, require_pinned).
 

@@ -13,18 +13,18 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from marketplace.collab.aggregate import decode, encode
 from marketplace.collab.spec import CollabSpec, local_spec
-from marketplace.errors import AgoraError
 from marketplace.results import OUTPUTS_FILE
+from node.errors import RoundFailedError
 
-
-class RoundFailedError(AgoraError, RuntimeError):
-    """The local round did not end "ok" in the sandbox (timeout, out-of-memory, bad input, crash)."""
+if TYPE_CHECKING:
+    from marketplace.canonical import ResultManifest
+    from node.sandbox import Sandbox
 
 
 @dataclass
@@ -35,11 +35,11 @@ class RoundUpdate:
     blob_bytes: bytes
     blob_id: str
     compute_s: float
-    manifest: Any  # marketplace.canonical.ResultManifest
+    manifest: ResultManifest
     weights: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
 
-def train_round(sandbox: Any, spec: CollabSpec, global_blob: str, shard: Mapping[str, Any], out_dir: Path
+def train_round(sandbox: Sandbox, spec: CollabSpec, global_blob: str, shard: Mapping[str, Any], out_dir: Path
                 ) -> RoundUpdate:
     """Train the global model `global_blob` on `shard` for the spec's local epochs in `sandbox`
     (a `node.sandbox.Sandbox`; the global model and the shard's blobs must already be in `sandbox.store`).
@@ -72,8 +72,8 @@ def evaluate_accuracy(spec_model: Any, weights: Mapping[str, np.ndarray], inputs
     tests and benchmarks. Raises SpecError for weights or inputs that do not fit the model."""
     import torch
 
-    from node import compute
-    from node.models import build_model
+    from node.runtime import compute
+    from node.runtime.models import build_model
 
     y = np.asarray(labels["y"] if isinstance(labels, Mapping) else labels)
     model = build_model(spec_model.arch, dict(spec_model.params), weights=weights).to(torch.float64)
