@@ -8,12 +8,8 @@ from typing import Any
 from eth_utils import event_abi_to_log_topic
 from web3 import Web3
 
-from marketplace.errors import AgoraError
+from marketplace.errors import AgoraError, JobNotFoundError
 from marketplace.types import HASH_MASK, TOMBSTONE_SLOT, Assignment, Job, JobPhase, Outcome
-
-
-class JobNotFoundError(AgoraError, LookupError):
-    """No job with this id on this market."""
 
 
 @dataclass

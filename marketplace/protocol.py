@@ -34,7 +34,7 @@ from eth_account.messages import encode_defunct
 from eth_utils import keccak, to_checksum_address
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
-from marketplace.errors import AgoraError
+from marketplace.errors import AgoraError, ProtocolError
 
 PROTOCOL_VERSION = 1
 TOPIC_PREFIX = "agora/1"
@@ -65,14 +65,6 @@ Wei = Annotated[str, StringConstraints(pattern=r"^[0-9]{1,30}$")]
 PeerIdStr = Annotated[str, StringConstraints(pattern=r"^[1-9A-HJ-NP-Za-km-z]{30,80}$")]
 Multiaddr = Annotated[str, StringConstraints(min_length=4, max_length=256)]
 BlobIdStr = Annotated[str, StringConstraints(pattern=r"^sha256:[0-9a-f]{64}$")]
-
-
-class ProtocolError(AgoraError, ValueError):
-    """A message that is malformed, oversized, unsigned, wrongly signed, replayed, stale or rate-limited."""
-
-    def __init__(self, message: str, *, reason: str = "malformed") -> None:
-        super().__init__(message)
-        self.reason = reason  # a short label for metrics and logs: malformed, oversized, signature, stale, ...
 
 
 class _Msg(BaseModel):

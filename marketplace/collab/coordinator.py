@@ -49,7 +49,7 @@ from marketplace.collab.protocol import (
     decode_update,
 )
 from marketplace.collab.spec import CollabSpec, make_shards
-from marketplace.errors import AgoraError, InsufficientFundsError
+from marketplace.errors import AgoraError, CollabError, InsufficientFundsError
 from marketplace.p2p import P2PError
 from marketplace.requester.engine import Requester, _info
 from marketplace.tensors import load_tensors
@@ -65,10 +65,6 @@ SETTLE_MARGIN_S = 60  # a round starts only if it and the settlement fit before 
 MAX_REASON = 200
 DEFAULT_CLAIM_WINDOW_S = 600
 LINGER_S = 20.0  # after the job: how long participants get to fetch the last round's updates
-
-
-class CollabError(AgoraError):
-    """A collaborative job could not start or finish."""
 
 
 @dataclass

@@ -23,18 +23,10 @@ from libp2p.crypto.keys import KeyPair
 from libp2p.crypto.secp256k1 import create_new_key_pair
 from libp2p.peer.id import ID
 
-from marketplace.errors import AgoraError
+from marketplace.errors import PeerIdentityError, PeerRecordError
 
 IDENTITY_FILE = "p2p-identity.key"
 RECORD_VERSION = 1
-
-
-class PeerIdentityError(AgoraError, ValueError):
-    """The libp2p identity key file is unreadable or malformed."""
-
-
-class PeerRecordError(AgoraError, ValueError):
-    """A peer record is malformed or does not bind this peer id to the claimed address."""
 
 
 def identity_key_path(keystore_dir: Path, address: str | None = None) -> Path:

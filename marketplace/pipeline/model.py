@@ -24,7 +24,7 @@ from typing import Any
 from eth_utils import keccak
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from marketplace.errors import AgoraError, SpecError
+from marketplace.errors import AgoraError, PipelineError, PipelineInvalidError, SpecError
 from marketplace.spec import JobSpec, parse_spec, read_document
 
 PIPELINE_VERSION = 1
@@ -34,20 +34,6 @@ STAGE_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
 #: Spec fields that hold a blob id, so may hold a reference instead.
 BLOB_SLOTS: tuple[tuple[str, ...], ...] = (("model", "weights"), ("data", "inputs"), ("data", "labels"),
                                            ("training", "order"))
-
-
-class PipelineError(AgoraError, ValueError):
-    """A pipeline file that cannot be read or parsed (one problem)."""
-
-    exit_code = 2
-
-
-class PipelineInvalidError(PipelineError):
-    """`validate` found problems; `problems` lists them, one line each. Nothing was sent anywhere."""
-
-    def __init__(self, problems: list[str]) -> None:
-        super().__init__(f"{len(problems)} problem(s): " + "; ".join(problems))
-        self.problems = problems
 
 
 # ---------------------------------------------------------------------------------------------- file schema

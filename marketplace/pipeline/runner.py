@@ -25,8 +25,8 @@ from typing import Any
 import trio
 
 from marketplace.blobs import BlobStore
-from marketplace.errors import AgoraError
-from marketplace.pipeline.model import Pipeline, PipelineInvalidError, Stage, load_pipeline
+from marketplace.errors import AgoraError, PipelineInvalidError, StageFailedError, StageHeldError
+from marketplace.pipeline.model import Pipeline, Stage, load_pipeline
 from marketplace.pipeline.state import Budget, PipelineState, StageRecord, atomic_write_json, default_state_dir
 from marketplace.pipeline.validate import validate
 from marketplace.spec import JobSpec
@@ -36,14 +36,6 @@ log = logging.getLogger(__name__)
 
 #: Outputs of a training stage that are not model parameters.
 NON_PARAMETER_OUTPUTS = frozenset({"loss_curve"})
-
-
-class StageFailedError(AgoraError):
-    """A stage's job did not settle with verified outputs."""
-
-
-class StageHeldError(StageFailedError):
-    """A stage whose earlier job may still open (or whose record cannot be checked) is not bought again."""
 
 
 #: Requester job states in which money is (or may be) locked in a job that has not settled.

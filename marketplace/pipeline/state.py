@@ -21,15 +21,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from marketplace.pipeline.model import Pipeline, PipelineError
+from marketplace.errors import PipelineChangedError, PipelineError
+from marketplace.pipeline.model import Pipeline
 
 STATE_VERSION = 1
 STATE_FILE = "state.json"
 STATUSES = ("pending", "announced", "open", "done", "failed")
-
-
-class PipelineChangedError(PipelineError):
-    """The pipeline file changed a stage that was already paid for (or is in flight): resuming would mix runs."""
 
 
 @dataclass
