@@ -3,8 +3,8 @@
 - `Model`: a pydantic model, frozen, strict, unknown fields refused. `to_json()` is the JSON-ready dict
   (`model_dump(mode="json")`, aliases applied); `from_json(data)` validates a dict, or JSON text/bytes, as JSON
   (strict JSON rules: an int field takes a JSON integer, an enum field its value, a bytes field a string). A
-  subclass names the error `from_json` raises (`json_error`); pydantic's ValidationError (a ValueError)
-  otherwise. `to_json_text()` is the pretty file form (sorted keys, indent 2, one trailing newline).
+  subclass may name the error that `from_json` and the constructor raise (`json_error`, e.g. SpecError);
+  pydantic's ValidationError (a ValueError) otherwise. `to_json_text()` is the pretty file form (sorted keys, indent 2, one trailing newline).
 - `Record`: the same, but mutable (assignments are validated): durable state that code updates in place
   (a pipeline run's `state.json`, a node's job row).
 - Field types for the JSON conventions of the project: `WeiInt` / `DecimalInt` (a Python int that is a decimal
@@ -83,6 +83,8 @@ def validation_message(err: ValidationError) -> str:
     """One line for the first problem of a ValidationError: `where: what`."""
     first = err.errors()[0]
     where = ".".join(str(p) for p in first["loc"]) or "<root>"
+    if first["type"] == "extra_forbidden":
+        return f"unknown field {where!r}"
     return f"{where}: {first['msg']}"
 
 
@@ -97,6 +99,15 @@ class Model(BaseModel):
     json_error: ClassVar[type[Exception] | None] = None
     #: What the error message calls this kind of document.
     json_what: ClassVar[str] = ""
+
+    def __init__(self, /, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as err:
+            if type(self).json_error is None:
+                raise
+            raise type(self).json_error(f"{self.json_what or type(self).__name__}: {validation_message(err)}"[:400]) \
+                from None
 
     def to_json(self) -> dict[str, Any]:
         """The JSON-ready dict (wei amounts as decimal strings, bytes as 0x-hex)."""

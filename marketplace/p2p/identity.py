@@ -12,9 +12,8 @@ libp2p's own secp256k1 signatures are DER over SHA-256 and not what a contract v
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import ClassVar, Literal
 
 from eth_account import Account
 from eth_account.messages import encode_defunct
@@ -22,8 +21,10 @@ from eth_utils import to_checksum_address
 from libp2p.crypto.keys import KeyPair
 from libp2p.crypto.secp256k1 import create_new_key_pair
 from libp2p.peer.id import ID
+from pydantic import Field
 
 from marketplace.errors import PeerIdentityError, PeerRecordError
+from marketplace.models import ChecksumAddress, Model
 
 IDENTITY_FILE = "p2p-identity.key"
 RECORD_VERSION = 1
@@ -73,15 +74,17 @@ def record_message(peer_id: str, chain_id: int) -> str:
     return f"tensoragora-peer:{peer_id}:{int(chain_id)}"
 
 
-@dataclass(frozen=True)
-class PeerRecord:
+class PeerRecord(Model):
     """`address` (checksum) says it runs libp2p peer `peer_id` (base58) on chain `chain_id`."""
 
-    peer_id: str
-    address: str
-    chain_id: int
-    signature: str  # 0x-hex, 65 bytes
-    version: int = RECORD_VERSION
+    json_error: ClassVar[type[Exception] | None] = PeerRecordError
+    json_what: ClassVar[str] = "malformed peer record"
+
+    version: Literal[1] = RECORD_VERSION
+    peer_id: str = Field(max_length=128)
+    address: ChecksumAddress
+    chain_id: int = Field(ge=1)
+    signature: str = Field(max_length=256)  # 0x-hex, 65 bytes
 
     @classmethod
     def sign(cls, private_key: bytes | str, peer_id: ID | str, chain_id: int) -> PeerRecord:
@@ -90,22 +93,6 @@ class PeerRecord:
         signed = Account.sign_message(encode_defunct(text=record_message(pid, chain_id)), private_key=acct.key)
         return cls(peer_id=pid, address=acct.address, chain_id=int(chain_id),
                    signature="0x" + bytes(signed.signature).hex())
-
-    def to_json(self) -> dict[str, Any]:
-        return {"version": self.version, "peer_id": self.peer_id, "address": self.address,
-                "chain_id": self.chain_id, "signature": self.signature}
-
-    @classmethod
-    def from_json(cls, data: Any) -> PeerRecord:
-        try:
-            if int(data["version"]) != RECORD_VERSION:
-                raise PeerRecordError(f"unsupported peer record version {data['version']!r}")
-            return cls(peer_id=str(data["peer_id"]), address=to_checksum_address(data["address"]),
-                       chain_id=int(data["chain_id"]), signature=str(data["signature"]))
-        except PeerRecordError:
-            raise
-        except (KeyError, TypeError, ValueError) as err:
-            raise PeerRecordError(f"malformed peer record: {err}") from None
 
 
 def verify_peer_record(record: PeerRecord, peer_id: ID | str, *, chain_id: int | None = None) -> str:

@@ -24,7 +24,7 @@ from typing import Any
 from eth_utils import keccak
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from marketplace.errors import AgoraError, PipelineError, PipelineInvalidError, SpecError
+from marketplace.errors import PipelineError, PipelineInvalidError, SpecError
 from marketplace.spec import JobSpec, parse_spec, read_document
 
 PIPELINE_VERSION = 1
