@@ -2,7 +2,7 @@
 
 Every error a user can meet is an `AgoraError`; subclasses also subclass the closest builtin so callers may
 catch either. The CLI prints `str(err)` as one line and exits with `err.exit_code`. Control flow goes by type
-and attributes (`ProtocolError.code`, `FrameTooLargeError.size`, ...), never by the text of a message.
+and attributes (`ProtocolError.reason`, `FrameTooLargeError.size`, ...), never by the text of a message.
 
     AgoraError
     ├── ConfigError (ValueError)
@@ -21,7 +21,7 @@ and attributes (`ProtocolError.code`, `FrameTooLargeError.size`, ...), never by 
     ├── ResultMismatchError (ValueError)
     ├── StoreVersionError (RuntimeError)          a database written by a newer tensoragora
     ├── JobNotFoundError (LookupError)
-    ├── ProtocolError (ValueError)                a wire message refused; `code` says why (RejectCode)
+    ├── ProtocolError (ValueError)                a wire message refused; `reason` says why (a RejectCode)
     ├── PeerIdentityError (ValueError)
     ├── PeerRecordError (ValueError)
     ├── P2PError (ConnectionError)
@@ -146,13 +146,12 @@ class JobNotFoundError(AgoraError, LookupError):
 class ProtocolError(AgoraError, ValueError):
     """A message that is malformed, oversized, unsigned, wrongly signed, replayed, stale or rate-limited.
 
-    `reason` is a short label for metrics and logs (malformed, oversized, signature, stale, ...); `code` (a
-    `marketplace.protocol.RejectCode`, or None) is what a reply to the sender carries."""
+    `reason` is a short label for metrics, logs and replies (malformed, oversized, signature, stale, ...): one of
+    the values of `marketplace.protocol.RejectCode`, which an `Ack` carries as its `code`."""
 
-    def __init__(self, message: str, *, reason: str = "malformed", code: object = None) -> None:
+    def __init__(self, message: str, *, reason: str = "malformed") -> None:
         super().__init__(message)
         self.reason = reason
-        self.code = code
 
 
 class PeerIdentityError(AgoraError, ValueError):

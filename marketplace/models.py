@@ -119,7 +119,10 @@ class Model(BaseModel):
 
     @classmethod
     def from_json(cls, data: Any) -> Self:
-        """Validate a JSON document: a dict (or list) already parsed, or JSON text/bytes."""
+        """Validate a JSON document: a dict (or list) already parsed, or JSON text/bytes (an instance of the class
+        is returned as it is: it was validated when it was made)."""
+        if isinstance(data, cls):
+            return data
         try:
             if isinstance(data, str | bytes | bytearray):
                 return cls.model_validate_json(data)

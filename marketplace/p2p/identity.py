@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import ClassVar, Literal
 
 from eth_account import Account
 from eth_account.messages import encode_defunct
@@ -21,13 +20,11 @@ from eth_utils import to_checksum_address
 from libp2p.crypto.keys import KeyPair
 from libp2p.crypto.secp256k1 import create_new_key_pair
 from libp2p.peer.id import ID
-from pydantic import Field
 
 from marketplace.errors import PeerIdentityError, PeerRecordError
-from marketplace.models import ChecksumAddress, Model
+from marketplace.protocol import RECORD_VERSION, PeerRecord, record_message
 
 IDENTITY_FILE = "p2p-identity.key"
-RECORD_VERSION = 1
 
 
 def identity_key_path(keystore_dir: Path, address: str | None = None) -> Path:
@@ -68,31 +65,6 @@ def load_or_create_key(path: Path) -> KeyPair:
 
 def peer_id_of(key: KeyPair) -> ID:
     return ID.from_pubkey(key.public_key)
-
-
-def record_message(peer_id: str, chain_id: int) -> str:
-    return f"tensoragora-peer:{peer_id}:{int(chain_id)}"
-
-
-class PeerRecord(Model):
-    """`address` (checksum) says it runs libp2p peer `peer_id` (base58) on chain `chain_id`."""
-
-    json_error: ClassVar[type[Exception] | None] = PeerRecordError
-    json_what: ClassVar[str] = "malformed peer record"
-
-    version: Literal[1] = RECORD_VERSION
-    peer_id: str = Field(max_length=128)
-    address: ChecksumAddress
-    chain_id: int = Field(ge=1)
-    signature: str = Field(max_length=256)  # 0x-hex, 65 bytes
-
-    @classmethod
-    def sign(cls, private_key: bytes | str, peer_id: ID | str, chain_id: int) -> PeerRecord:
-        acct = Account.from_key(private_key)
-        pid = str(peer_id)
-        signed = Account.sign_message(encode_defunct(text=record_message(pid, chain_id)), private_key=acct.key)
-        return cls(peer_id=pid, address=acct.address, chain_id=int(chain_id),
-                   signature="0x" + bytes(signed.signature).hex())
 
 
 def verify_peer_record(record: PeerRecord, peer_id: ID | str, *, chain_id: int | None = None) -> str:
