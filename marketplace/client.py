@@ -19,9 +19,10 @@ from web3.exceptions import ContractLogicError, TimeExhausted, Web3Exception, We
 from marketplace.artifacts import load_artifact
 from marketplace.deployment import Deployment
 from marketplace.errors import (
-    AgoraError,
     ConfigError,
     DeploymentError,
+    NonceTooLowError,
+    ReceiptTimeoutError,
     RpcUnreachableError,
     TransactionRevertedError,
 )
@@ -60,6 +61,15 @@ def connect(rpc_url: str, *, timeout: float = 10.0) -> Web3:
     except Web3Exception as err:
         raise RpcUnreachableError(f"RPC at {rpc_url} did not answer eth_chainId: {err}") from None
     return w3
+
+
+def _is_nonce_too_low(err: BaseException) -> bool:
+    """Whether a node refused a transaction for a used nonce. JSON-RPC has no code for it (-32000 is generic),
+    so this is the one place that reads the node's message: geth, anvil, hardhat and ganache all say it so."""
+    message = getattr(err, "message", None) or (err.args[0] if err.args else "")
+    if isinstance(message, dict):
+        message = message.get("message", "")
+    return "nonce too low" in str(message).lower()
 
 
 @dataclass(frozen=True)
@@ -137,6 +147,8 @@ class ChainClient:
             tx_hash = self.w3.eth.send_raw_transaction(signed.raw_transaction)
         except _REVERTS as err:
             self._nonce = None
+            if _is_nonce_too_low(err):
+                raise NonceTooLowError(f"{action}: nonce already used (another sender of {sender}?)") from None
             raise to_agora_error(err, action=action) from None
         except requests.exceptions.RequestException as err:
             self._nonce = None
@@ -149,7 +161,8 @@ class ChainClient:
             receipt = self.w3.eth.wait_for_transaction_receipt(HexStr(tx_hash), timeout=self.receipt_timeout,
                                                                poll_latency=0.05)
         except TimeExhausted:
-            raise AgoraError(f"{action}: no receipt for {tx_hash} after {self.receipt_timeout:.0f} s") from None
+            raise ReceiptTimeoutError(f"{action}: no receipt for {tx_hash} after {self.receipt_timeout:.0f} s",
+                                      tx_hash=tx_hash) from None
         if receipt["status"] != 1:
             # Mined but reverted (state changed between simulation and inclusion): replay for the reason.
             self._nonce = None
@@ -174,6 +187,15 @@ class ChainClient:
 
     def timestamp(self) -> int:
         return int(self.w3.eth.get_block("latest")["timestamp"])
+
+    def next_block_time(self) -> int:
+        """The timestamp the next block will have, as well as the node can tell: an idle dev chain's latest
+        block can be minutes old, and a transaction is checked against the block that includes it."""
+        latest = self.timestamp()
+        try:
+            return max(latest, int(self.w3.eth.get_block("pending")["timestamp"]))
+        except Exception:  # noqa: BLE001 - some nodes do not serve a pending block
+            return latest
 
     def wait_until(self, timestamp: int, *, poll: float = 0.5) -> None:
         """Block until the chain's latest block is past `timestamp` (real time on a live chain)."""

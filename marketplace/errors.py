@@ -36,12 +36,14 @@ and attributes (`ProtocolError.reason`, `FrameTooLargeError.size`, ...), never b
     │   └── PipelineChangedError
     ├── StageFailedError
     │   └── StageHeldError
-    └── CollabError
-
-(`NoAcceptableBidsError` and `JobFailedError` of `marketplace.requester.engine` are AgoraErrors too.)
+    ├── CollabError
+    ├── NoAcceptableBidsError
+    └── JobFailedError
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 
 class AgoraError(Exception):
@@ -76,6 +78,14 @@ class RpcUnreachableError(AgoraError, ConnectionError):
     """The JSON-RPC endpoint does not answer."""
 
 
+class ReceiptTimeoutError(AgoraError, TimeoutError):
+    """A transaction was sent but no receipt arrived in time: it may still be mined. `tx_hash` names it."""
+
+    def __init__(self, message: str, *, tx_hash: str) -> None:
+        super().__init__(message)
+        self.tx_hash = tx_hash
+
+
 class DeploymentError(AgoraError, LookupError):
     """No (or a stale) deployment file for this chain."""
 
@@ -101,6 +111,11 @@ class TransactionRevertedError(AgoraError, RuntimeError):
         self.error_name = error_name
         self.error_args = args or {}
         self.tx_hash = tx_hash
+
+
+class NonceTooLowError(TransactionRevertedError):
+    """The node refused a transaction because its nonce was already used (another process of the same account
+    sent one); the client has forgotten its cached nonce, so sending again signs with a fresh one."""
 
 
 class SpecError(AgoraError, ValueError):
@@ -225,3 +240,16 @@ class StageHeldError(StageFailedError):
 # ---------------------------------------------------------------------------------------------------- collab
 class CollabError(AgoraError):
     """A collaborative job could not start or finish."""
+
+
+class NoAcceptableBidsError(AgoraError):
+    """Fewer acceptable bids than replicas: nothing was sent to the chain. `explanation` (a
+    `marketplace.requester.Explanation`) says why, bid by bid."""
+
+    def __init__(self, explanation: Any) -> None:
+        super().__init__(explanation.summary)
+        self.explanation = explanation
+
+
+class JobFailedError(AgoraError):
+    """A job could not be opened or did not settle with a result."""

@@ -53,7 +53,7 @@ from marketplace.errors import AgoraError, CollabError, InsufficientFundsError
 from marketplace.fsutil import atomic_write_text
 from marketplace.models import Model, Record, WeiInt
 from marketplace.p2p import P2PError
-from marketplace.requester.engine import Requester, _info
+from marketplace.requester.engine import Requester
 from marketplace.requester.ranking import Explanation
 from marketplace.tensors import load_tensors
 from marketplace.types import from_wei
@@ -220,7 +220,7 @@ class CollabCoordinator:
             if not req.blobs.has(blob):
                 raise CollabError(f"the spec needs blob {blob}, which is not in the store {req.blobs.root}")
         need = max_price * m * rounds
-        have = await req._read(req.market.token_balance, req.address)
+        have = await req.chain.read(req.market.token_balance, req.address)
         if have < need:
             raise InsufficientFundsError(f"the job escrows up to {from_wei(need)} AGORA (max price x participants x "
                                          f"rounds); the account holds {from_wei(have)}")
@@ -244,7 +244,7 @@ class CollabCoordinator:
         await self._open(pending.ann.ann_id, run_s, claim_window)
         if on_opened is not None:
             on_opened(self.job_id)
-        req.extensions[self.job_id] = self
+        req.register_extension(self.job_id, self)
         topic = collab_topic(self.job_id)
         sub = await req.node.gossip.subscribe(topic)
         try:
@@ -263,18 +263,18 @@ class CollabCoordinator:
             await self._settle()
             await self._linger()
         finally:
-            req.extensions.pop(self.job_id, None)
+            req.unregister_extension(self.job_id)
         self.timings["total_s"] = round(time.time() - t0, 3)
         return self._report(explanation)
 
     async def _open(self, ann_id: str, run_s: int, claim_window: int) -> None:
         req = self.req
         salt = os.urandom(32)
-        now = await req._read(req.chain_now)
+        now = await req.chain.next_block_time()
         deadline = now + run_s
         self.deadline = deadline
         t = time.time()
-        job_id, tx = await req._send(self.chain.open, bytes.fromhex(self.spec_hash[2:]), salt, self.spec.rounds,
+        job_id, tx = await req.chain.send(self.chain.open, bytes.fromhex(self.spec_hash[2:]), salt, self.spec.rounds,
                                      deadline, claim_window, [p.provider for p in self.participants],
                                      [p.price for p in self.participants])
         self.job_id = "0x" + bytes(job_id).hex()
@@ -290,7 +290,7 @@ class CollabCoordinator:
         async def tell(p: Participant) -> None:
             msg = CollabAssigned(ann=ann_id, job_id=self.job_id, collab=to_checksum_address(self.chain.address),
                                  index=p.index, shard=Shard(**p.shard))
-            if not await self.req._assign(p, msg):
+            if not await self.req.assign(p, msg):
                 p.waiting = False
 
         async with trio.open_nursery() as nursery:
@@ -315,7 +315,7 @@ class CollabCoordinator:
         async def push(p: Participant) -> None:
             with trio.move_on_after(PUSH_TIMEOUT_S):
                 try:
-                    await self.req.node.request(_info(p.peer), COLLAB_PROTOCOL, data, timeout=PUSH_TIMEOUT_S)
+                    await self.req.request(p.peer, COLLAB_PROTOCOL, data, timeout=PUSH_TIMEOUT_S)
                 except P2PError as err:
                     log.info("round push to %s failed: %s", p.provider, err)
 
@@ -426,7 +426,7 @@ class CollabCoordinator:
         self.progress(f"round {rec.round}: rejected {p.provider}: {reason}")
 
     async def _time_for_round(self) -> bool:
-        now = await self.req._read(self.req.chain_now)
+        now = await self.req.chain.next_block_time()
         need = self.spec.checks.round_seconds + ROUND_OVERHEAD_S + SETTLE_MARGIN_S
         if now + need <= self.deadline:
             return True
@@ -443,7 +443,7 @@ class CollabCoordinator:
             part = next(p for p in self.participants if p.provider.lower() == key)
             try:
                 with trio.fail_after(FETCH_TIMEOUT_S):
-                    data = await self.req._fetch(part.peer, self.job_id, msg.update, limit)
+                    data = await self.req.fetch(part.peer, self.job_id, msg.update, limit)
             except (AgoraError, P2PError, OSError, trio.TooSlowError) as err:
                 out[key] = (None, f"update not fetched: {type(err).__name__}: {err}"[:200])
                 return
@@ -464,7 +464,7 @@ class CollabCoordinator:
         model_hash = bytes.fromhex(self.model[7:])
         counts = [p.count for p in self.participants]
         t = time.time()
-        tx = await self.req._send(self.chain.settle, bytes.fromhex(self.job_id[2:]), model_hash, counts)
+        tx = await self.req.chain.send(self.chain.settle, bytes.fromhex(self.job_id[2:]), model_hash, counts)
         self.gas["settle"] = tx.gas_used
         self.timings["settle_s"] = round(time.time() - t, 3)
         paid = sum(p.count * p.price for p in self.participants)
@@ -516,7 +516,7 @@ def run_collab_sync(market: Any, spec: CollabSpec, *, store: Any, blobs: Any, ke
                     bootstrap: list[str] = (), listen: str = "/ip4/127.0.0.1/tcp/0",  # type: ignore[assignment]
                     progress: Callable[[str], None] | None = None, **kwargs: Any) -> dict[str, Any]:
     """One collaborative job from synchronous code (the CLI): its own host, the whole job, the report."""
-    from marketplace.requester.engine import _run
+    from marketplace.requester.sync import run_trio
 
     async def main() -> dict[str, Any]:
         async with Requester.open(market, store=store, blobs=blobs, key=key, bootstrap=list(bootstrap),
@@ -524,7 +524,7 @@ def run_collab_sync(market: Any, spec: CollabSpec, *, store: Any, blobs: Any, ke
             coord = CollabCoordinator(req, spec, CollabChain(market.client), out_dir=out_dir, progress=progress)
             return await coord.run(**kwargs)
 
-    return _run(main)
+    return run_trio(main)
 
 
 def _clean(reason: str) -> str:

@@ -484,9 +484,9 @@ async def run_pipeline(pipe: Pipeline | Path | str, *, market: Any, store: Any, 
 
 def run_pipeline_sync(pipe: Pipeline | Path | str, **kwargs: Any) -> PipelineReport:
     """`run_pipeline` from synchronous code (the CLI, benchmarks)."""
-    from marketplace.requester.engine import _run
+    from marketplace.requester.sync import run_trio
 
     async def main() -> PipelineReport:
         return await run_pipeline(pipe, **kwargs)
 
-    return _run(main)
+    return run_trio(main)

@@ -32,13 +32,8 @@ from marketplace.chain import rpc_call  # noqa: E402
 from marketplace.client import ChainClient  # noqa: E402
 from marketplace.market import Market  # noqa: E402
 from marketplace.requester import JobFailedError, Requester, RequesterStore, resume_sync  # noqa: E402
-from marketplace.requester.engine import (  # noqa: E402
-    OPEN_ATTEMPT,
-    OpeningFacts,
-    _Pending,
-    _Received,
-    opening_verdict,
-)
+from marketplace.requester.core import OPEN_ATTEMPT, BidReceived, BidWindow  # noqa: E402
+from marketplace.requester.recovery import OpeningFacts, opening_verdict  # noqa: E402
 from marketplace.requester.ranking import Offer  # noqa: E402
 from marketplace.spec import parse_spec  # noqa: E402
 from marketplace.types import JobParams, to_wei  # noqa: E402
@@ -102,9 +97,9 @@ def _announce(req: Requester, store: RequesterStore, stack: Any, market: Market,
     signed = stack.make_bid(provider, spec.spec_hash(), 0.5, 10, run_seconds=60, requester=market)
     row = store.add_bid(ann_id=ann.ann_id, provider=provider.address, peer="16Uiu2peer", price=signed.bid.price,
                         collateral=signed.bid.collateral, status="chosen", code=None, reason="", offer={})
-    pending = _Pending(ann=ann, k=1, max_price=to_wei(1), min_collateral=0, chain_ts=stack.now(), wall_ts=time.time())
+    pending = BidWindow(ann=ann, k=1, max_price=to_wei(1), min_collateral=0, chain_ts=stack.now(), wall_ts=time.time())
     offer = Offer(provider=provider.address, price=signed.bid.price, collateral=signed.bid.collateral, order=0)
-    return pending, [_Received(offer=offer, signed=signed, peer="16Uiu2peer", bid_row=row)]
+    return pending, [BidReceived(offer=offer, signed=signed, peer="16Uiu2peer", bid_row=row)]
 
 
 def _older_job(stack: Any, market: Market, spec: Any) -> str:
@@ -143,7 +138,7 @@ def test_open_without_receipt_stays_opening_then_adopts_its_own_job_not_an_older
         _automine(stack, False)
         try:
             with pytest.raises(JobFailedError, match="the job may still open"):
-                await req._open(pending, chosen, spec, spec.canonical_json(), tmp_path / "out", time.time())
+                await req.opening.open(pending, chosen, spec, spec.canonical_json(), tmp_path / "out", time.time())
             stuck = store.job(ann_id)
             assert await trio.to_thread.run_sync(req.recover_opened, stuck) is None
             still = store.job(ann_id)
@@ -180,9 +175,9 @@ def test_a_crash_right_after_sending_open_job_is_recovered_exactly(stack: Any, t
         ann_id = pending.ann.ann_id
         params = JobParams(spec_hash=spec.spec_hash(), salt=os.urandom(32), deadline=stack.now() + 600, window=60,
                            replicas=1, budget=0)
-        attempt = await req._record_attempt(ann_id, params)
+        attempt = await req.opening.record_attempt(ann_id, params)
         store.update_job(ann_id, state="opening")
-        job_id, _ = await req._send(req._send_open, ann_id, params, [chosen[0].signed], attempt)
+        job_id, _ = await req.chain.send(req.opening.send_open, ann_id, params, [chosen[0].signed], attempt)
         return "0x" + job_id.hex(), await trio.to_thread.run_sync(req.recover_opened, store.job(ann_id))
 
     (opened, adopted), store = _with_requester(stack, tmp_path, market, body)
@@ -203,7 +198,7 @@ def test_a_dropped_open_job_fails_the_row_and_adopts_nothing(stack: Any, tmp_pat
         _automine(stack, False)
         try:
             with pytest.raises(JobFailedError, match="the job may still open"):
-                await req._open(pending, chosen, spec, spec.canonical_json(), tmp_path / "out", time.time())
+                await req.opening.open(pending, chosen, spec, spec.canonical_json(), tmp_path / "out", time.time())
             tx = store.job(pending.ann.ann_id).timings[OPEN_ATTEMPT]["tx"]  # type: ignore[union-attr]
             rpc_call(stack.rpc_url, "anvil_dropTransaction", [tx])
         finally:
@@ -233,7 +228,7 @@ def test_a_definite_revert_fails_the_row_at_once(stack: Any, tmp_path: Path) -> 
                                  expiry_in=-60)
         chosen[0].signed = expired
         with pytest.raises(JobFailedError, match="MarketBidExpired"):
-            await req._open(pending, chosen, spec, spec.canonical_json(), tmp_path / "out", time.time())
+            await req.opening.open(pending, chosen, spec, spec.canonical_json(), tmp_path / "out", time.time())
         return pending.ann.ann_id
 
     ann_id, store = _with_requester(stack, tmp_path, market, body)
@@ -260,7 +255,8 @@ def test_settlement_file_is_written_before_the_state_and_outputs_in_place_count(
     import numpy as np
 
     from marketplace.canonical import canonical_hash
-    from marketplace.requester.engine import _Active, _Winner
+    from marketplace.requester.core import Winner
+    from marketplace.requester.session import JobSession
     from marketplace.results import ResultManifest, write_outputs
     from marketplace.types import Outcome
 
@@ -274,10 +270,10 @@ def test_settlement_file_is_written_before_the_state_and_outputs_in_place_count(
                              "settlement": {"result": bytes.fromhex(result[2:]), "refund": 0, "paidMask": 1,
                                             "slashedMask": 0, "compensation": 0}})()
 
-    def active(ann_id: str) -> Any:
-        winner = _Winner(index=0, provider=stack.providers[0].address, peer="16Uiu2gone", price=to_wei(0.5),
+    def active(req: Requester, ann_id: str) -> Any:
+        winner = Winner(index=0, provider=stack.providers[0].address, peer="16Uiu2gone", price=to_wei(0.5),
                          collateral=0)
-        return _Active(ann_id=ann_id, job_id=os.urandom(32), spec=spec, spec_json=spec.canonical_json(), k=1,
+        return JobSession(req.ctx, ann_id=ann_id, job_id=os.urandom(32), spec=spec, spec_json=spec.canonical_json(), k=1,
                        deadline=0, window=60, winners=[winner], out_dir=out, t0=time.time())
 
     crashing = _CrashingStore(tmp_path / "requester.db")
@@ -286,7 +282,7 @@ def test_settlement_file_is_written_before_the_state_and_outputs_in_place_count(
         pending, _ = _announce(req, store, stack, market, spec)
         store.update_job(pending.ann.ann_id, state="open")
         with pytest.raises(KeyboardInterrupt):
-            await req._settled(active(pending.ann.ann_id), view)
+            await active(req, pending.ann.ann_id).on_settled(view)
         return pending.ann.ann_id
 
     async def main_first() -> str:
@@ -301,7 +297,7 @@ def test_settlement_file_is_written_before_the_state_and_outputs_in_place_count(
     assert '"outcome": "completed"' in written and '"outputsVerified": true' in written
 
     async def again(req: Requester, store: RequesterStore) -> None:
-        await req._settled(active(ann_id), view)
+        await active(req, ann_id).on_settled(view)
 
     _with_requester(stack, tmp_path, market, again)
     row = store.job(ann_id)
