@@ -108,7 +108,7 @@ class JobRow(Model):
     winners: list[dict[str, Any]] = Field(default_factory=list)
     explanation: dict[str, Any] | None = None
     out_dir: str | None = None
-    timings: dict[str, float] = Field(default_factory=dict)
+    timings: dict[str, Any] = Field(default_factory=dict)  # seconds, and notes such as an open attempt
     gas: dict[str, int] = Field(default_factory=dict)
     error: str | None = None
     created_at: float = 0.0
