@@ -4,7 +4,7 @@ Encoding. A tensor's canonical bytes are its values, C order, little-endian, wit
 and every NaN to the one quiet NaN of its width (so values that compare equal, or are all "not a number", hash
 equal). The bytes are cut into `chunk_bytes` slices (the last may be shorter) and
 
-    header        = canonical JSON {"chunk_bytes", "dtype" (numpy name), "name", "shape"} (sorted, no spaces)
+    header        = RFC 8785 JSON {"chunk_bytes", "dtype" (numpy name), "name", "shape"} (sorted, no spaces)
     chunk digest  = sha256(slice)
     tensor digest = keccak256(header || chunk digest 0 || chunk digest 1 || ...)
     root          = keccak256(tensor digest of each name, in sorted name order)
@@ -27,6 +27,7 @@ import numpy as np
 from eth_utils import keccak
 
 from marketplace.errors import SpecError
+from marketplace.models import canonical_json
 
 DEFAULT_CHUNK_BYTES = 1 << 20
 _HASHABLE = {"bool", "uint8", "int8", "uint16", "int16", "float16", "uint32", "int32", "float32",
@@ -94,9 +95,9 @@ def canonical_bytes(a: np.ndarray) -> memoryview:
 
 
 def tensor_header(name: str, dtype: str, shape: tuple[int, ...] | list[int], chunk_bytes: int) -> bytes:
-    """The canonical JSON header that starts a tensor's digest."""
-    return json.dumps({"chunk_bytes": chunk_bytes, "dtype": dtype, "name": name, "shape": list(shape)},
-                      sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+    """The JSON header that starts a tensor's digest, RFC 8785 (`canonical_json`; for ASCII names the same bytes
+    as sorted compact JSON)."""
+    return canonical_json({"chunk_bytes": chunk_bytes, "dtype": dtype, "name": name, "shape": list(shape)})
 
 
 def _check_chunk_bytes(chunk_bytes: int) -> None:

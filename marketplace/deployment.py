@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import Field, ValidationError
 
 from marketplace.errors import DeploymentError
+from marketplace.fsutil import atomic_write_text
+from marketplace.models import Model, validation_message
 
 DEPLOYMENT_VERSION = 1
 
@@ -26,8 +30,7 @@ class MarketParams:
     dev_funding: int = 100_000 * 10**18  # tokens sent to each dev account on dev chains
 
 
-@dataclass(frozen=True, kw_only=True)
-class Deployment:
+class Deployment(Model):
     """Addresses of one chain's contracts. `collab` (CollabMarket) is None in files written before it existed:
     they still load, and only collaborative jobs need a redeploy."""
 
@@ -38,20 +41,12 @@ class Deployment:
     block: int
     deployer: str
     artifact_hash: str
-    params: dict[str, Any] = field(default_factory=dict)
+    params: dict[str, Any] = Field(default_factory=dict)
     collab: str | None = None
-    version: int = DEPLOYMENT_VERSION
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+    version: Literal[1] = DEPLOYMENT_VERSION
 
     def save(self, directory: Path) -> Path:
-        directory.mkdir(parents=True, exist_ok=True)
-        path = directory / f"{self.chain_id}.json"
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(self.to_json(), indent=2, sort_keys=True) + "\n")
-        tmp.replace(path)
-        return path
+        return atomic_write_text(Path(directory) / f"{self.chain_id}.json", self.to_json_text())
 
     @classmethod
     def load(cls, directory: Path, chain_id: int) -> Deployment:
@@ -66,8 +61,12 @@ class Deployment:
                 f"or point --deployments / AGORA_DEPLOYMENTS at the right folder)")
         try:
             data = json.loads(path.read_text())
+            if not isinstance(data, dict):
+                raise ValueError("not a JSON object")
             if data.get("version") != DEPLOYMENT_VERSION:
                 raise DeploymentError(f"{path}: unsupported deployment file version {data.get('version')!r}")
-            return cls(**data)
+            return cls.from_json(data)
+        except ValidationError as err:
+            raise DeploymentError(f"{path} is not a valid deployment file: {validation_message(err)}") from None
         except (OSError, ValueError, TypeError) as err:
             raise DeploymentError(f"{path} is not a valid deployment file: {err}") from None

@@ -8,17 +8,13 @@ from typing import Any
 from eth_utils import event_abi_to_log_topic
 from web3 import Web3
 
-from marketplace.errors import AgoraError
+from marketplace.errors import AgoraError, JobNotFoundError
 from marketplace.types import HASH_MASK, TOMBSTONE_SLOT, Assignment, Job, JobPhase, Outcome
 
 #: The most blocks one eth_getLogs asks for (public RPC endpoints refuse ranges past 1,000-10,000 blocks).
 LOG_CHUNK = 2_000
 #: Where the opening block sits in a live job slot: hash192 | opening block32 | committed16 | revealed16.
 OPEN_BLOCK_SHIFT = 32
-
-
-class JobNotFoundError(AgoraError, LookupError):
-    """No job with this id on this market."""
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """The market's wire protocol over libp2p: topics, message schemas, signatures and validation. No torch, no trio.
 
-Every message is one JSON object (canonical: sorted keys, no spaces) with a `type` field, sent either on a
+Every message is one JSON object (RFC 8785 canonical JSON, `marketplace.models.canonical_json`) with a `type` field, sent either on a
 gossipsub topic (announcements, adverts) or as one frame of a request/response protocol (see `marketplace.p2p`).
 Bytes travel as 0x-hex, token amounts as decimal strings of wei, times as unix seconds (or `*_ms` milliseconds).
 
@@ -27,14 +27,17 @@ import json
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Any, Literal
+from enum import StrEnum
+from typing import Annotated, Any, ClassVar, Literal
 
 from eth_account import Account
 from eth_account.messages import encode_defunct
 from eth_utils import keccak, to_checksum_address
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import Field, StringConstraints, ValidationError, model_validator
 
-from marketplace.errors import AgoraError
+from marketplace.errors import AgoraError, PeerRecordError, ProtocolError
+from marketplace.models import ChecksumAddress, Model, canonical_json, validation_message
+from marketplace.types import SignedBid
 
 PROTOCOL_VERSION = 1
 TOPIC_PREFIX = "agora/1"
@@ -67,29 +70,44 @@ Multiaddr = Annotated[str, StringConstraints(min_length=4, max_length=256)]
 BlobIdStr = Annotated[str, StringConstraints(pattern=r"^sha256:[0-9a-f]{64}$")]
 
 
-class ProtocolError(AgoraError, ValueError):
-    """A message that is malformed, oversized, unsigned, wrongly signed, replayed, stale or rate-limited."""
-
-    def __init__(self, message: str, *, reason: str = "malformed") -> None:
-        super().__init__(message)
-        self.reason = reason  # a short label for metrics and logs: malformed, oversized, signature, stale, ...
-
-
-class _Msg(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+class _Msg(Model):
+    """A wire message: a `Model` (frozen, strict, unknown fields refused) encoded as RFC 8785 JSON."""
 
     def body(self) -> dict[str, Any]:
         """The message as a dict, without its signature."""
-        d = self.model_dump(mode="json")
+        d = self.to_json()
         d.pop("signature", None)
         return d
 
     def encode(self) -> bytes:
-        return canonical(self.model_dump(mode="json"))
+        return canonical_json(self.to_json())
 
 
-def canonical(obj: Any) -> bytes:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode()
+#: The encoding of every message and of what signatures cover (RFC 8785; see `marketplace.models`).
+canonical = canonical_json
+
+
+class RejectCode(StrEnum):
+    """Why a request was refused, machine-readable (`Ack.code`); the `reason` labels of ProtocolError are among
+    them."""
+
+    MALFORMED = "malformed"  # not JSON, wrong schema or values
+    OVERSIZED = "oversized"
+    TYPE = "type"  # a message of another type than the protocol takes
+    UNSIGNED = "unsigned"
+    SIGNATURE = "signature"  # wrongly signed, or a signer / peer record that does not match
+    CHAIN = "chain"  # for another chain or market
+    TOPIC = "topic"
+    STALE = "stale"  # too old (or from the future), or its window closed
+    REPLAY = "replay"
+    RATE = "rate"
+    REFUSED = "refused"  # the peer refused to serve it
+    UNKNOWN_JOB = "unknown_job"  # no such job or announcement (or its bid window closed)
+    NOT_ASSIGNED = "not_assigned"  # the sender has no part in this job
+    WRONG_RESULT = "wrong_result"  # a result, commitment or reveal that does not check out
+    BUSY = "busy"
+    INTERNAL = "internal"
+    OTHER = "other"  # a refusal given with text only (older call sites)
 
 
 def body_digest(msg: _Msg) -> bytes:
@@ -108,6 +126,37 @@ def recover_digest(digest: bytes, signature: str) -> str:
         return str(Account.recover_message(encode_defunct(primitive=digest), signature=signature))
     except Exception as err:  # noqa: BLE001 - eth_keys raises several types for junk signatures
         raise ProtocolError(f"bad signature: {err}", reason="signature") from None
+
+
+# ---------------------------------------------------------------------------------------------------- peer records
+RECORD_VERSION = 1
+
+
+def record_message(peer_id: str, chain_id: int) -> str:
+    return f"tensoragora-peer:{peer_id}:{int(chain_id)}"
+
+
+class PeerRecord(Model):
+    """`address` (checksum) says it runs libp2p peer `peer_id` (base58) on chain `chain_id`: the EIP-191
+    signature of `record_message`. Verified by `marketplace.p2p.identity.verify_peer_record`."""
+
+    json_error: ClassVar[type[Exception] | None] = PeerRecordError
+    json_what: ClassVar[str] = "malformed peer record"
+
+    version: Literal[1] = RECORD_VERSION
+    peer_id: str = Field(max_length=128)
+    address: ChecksumAddress
+    chain_id: int = Field(ge=1)
+    signature: str = Field(max_length=256)  # 0x-hex, 65 bytes
+
+    @classmethod
+    def sign(cls, private_key: bytes | str, peer_id: Any, chain_id: int) -> PeerRecord:
+        """Signed by `private_key` for `peer_id` (a libp2p ID or its base58 text)."""
+        acct = Account.from_key(private_key)
+        pid = str(peer_id)
+        signed = Account.sign_message(encode_defunct(text=record_message(pid, chain_id)), private_key=acct.key)
+        return cls(peer_id=pid, address=acct.address, chain_id=int(chain_id),
+                   signature="0x" + bytes(signed.signature).hex())
 
 
 # ---------------------------------------------------------------------------------------------------- gossip
@@ -189,14 +238,15 @@ class Sig(_Msg):
 
 
 class BidOffer(_Msg):
-    """A provider's bid for announcement `ann`: `bid` is `SignedBid.to_json()` (EIP-712, what openJob takes),
-    `record` a `PeerRecord.to_json()` binding the sending peer to the bid's provider address."""
+    """A provider's bid for announcement `ann`: `bid` a `SignedBid` (EIP-712, what openJob takes; in JSON the bid
+    file format), `record` a `PeerRecord` binding the sending peer to the bid's provider address. Either may be
+    given as its JSON dict."""
 
     type: Literal["bid"] = "bid"
     v: Literal[1] = 1
     ann: Hex32
-    bid: dict[str, Any]
-    record: dict[str, Any]
+    bid: SignedBid
+    record: PeerRecord
     eta_s: float = Field(ge=0, le=30 * 24 * 3600)  # the provider's estimate of the run time
     device: str = Field(default="", max_length=128)
 
@@ -275,10 +325,29 @@ class BlobRequest(_Msg):
 
 
 class Ack(_Msg):
+    """The reply to every request. A refusal says why twice: `code` for programs, `reason` for people. `code` is
+    None on success; a refusal built without one (`Ack(ok=False, reason=...)`) gets `RejectCode.OTHER`."""
+
     type: Literal["ack"] = "ack"
     v: Literal[1] = 1
     ok: bool
+    code: Annotated[RejectCode, Field(strict=False)] | None = None
     reason: str = Field(default="", max_length=512)
+
+    @model_validator(mode="after")
+    def _default_code(self) -> Ack:
+        if not self.ok and self.code is None:
+            object.__setattr__(self, "code", RejectCode.OTHER)
+        return self
+
+    @classmethod
+    def reject(cls, err: ProtocolError) -> Ack:
+        """The refusal of a request that failed a check (its `reason` label becomes the code)."""
+        try:
+            code = RejectCode(err.reason)
+        except ValueError:
+            code = RejectCode.MALFORMED
+        return cls(ok=False, code=code, reason=str(err)[:500])
 
 
 GOSSIP_TYPES: dict[str, type[_Msg]] = {"announce": Announce, "advert": Advert}
@@ -314,11 +383,11 @@ def decode(data: bytes, expect: type[_Msg] | tuple[type[_Msg], ...], *, max_byte
         raise ProtocolError(f"unexpected message type {str(obj.get('type'))[:32]!r} "
                             f"(expected {', '.join(sorted(by_type))})", reason="type")
     try:
-        return cls.model_validate(obj)
+        msg = cls.model_validate(obj)
+        canonical_json(msg.to_json())  # what a signature covers must have its one encoding (no int beyond 2^53)
+        return msg
     except ValidationError as err:
-        first = err.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "<root>"
-        raise ProtocolError(f"invalid {obj['type']}: {where}: {first['msg']}"[:300]) from None
+        raise ProtocolError(f"invalid {obj['type']}: {validation_message(err)}"[:300]) from None
     except (TypeError, ValueError, RecursionError) as err:
         raise ProtocolError(f"invalid {obj['type']}: {str(err)[:120]}") from None
 
@@ -462,7 +531,7 @@ class AdvertValidator:
         self.rates = RateLimiter(rate, burst)
 
     def check(self, data: bytes) -> Advert:
-        from marketplace.p2p.identity import PeerRecord, verify_peer_record
+        from marketplace.p2p.identity import verify_peer_record
 
         adv: Advert = decode(data, Advert, max_bytes=MAX_ADVERT_BYTES)
         if adv.chain_id != self.chain_id:

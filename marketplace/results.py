@@ -7,17 +7,16 @@ canonical root (`marketplace.canonical`) that goes on-chain. Re-exported from `m
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
-from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal, Self
 
 import numpy as np
+from pydantic import Field, model_validator
 
 from marketplace.errors import ResultMismatchError, SpecError
+from marketplace.fsutil import atomic_write_bytes, atomic_write_text
+from marketplace.models import Model
 
 MANIFEST_FILE = "manifest.json"
 OUTPUTS_FILE = "outputs.safetensors"
@@ -30,56 +29,36 @@ def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-@dataclass(kw_only=True)
-class ResultManifest:
+class ResultManifest(Model):
     """What one run of a job produced. `spec_hash` and `result_hash` are 0x-hex; `outputs` maps each tensor
-    name to {"dtype", "shape", "file", "digest"}; `timing` holds "wall_s", "compute_s" and "queue_s"."""
+    name to {"dtype", "shape", "file", "digest"}; `timing` holds "wall_s", "compute_s" and "queue_s".
+    `manifest.json` is `to_json_text()`: pretty, sorted JSON."""
 
-    version: int = MANIFEST_VERSION
+    json_error: ClassVar[type[Exception] | None] = SpecError
+    json_what: ClassVar[str] = "result manifest"
+
+    version: Literal[1] = MANIFEST_VERSION
     spec_hash: str
     status: Status
     error: str | None = None
     result_hash: str | None = None
-    outputs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    outputs: dict[str, dict[str, Any]] = Field(default_factory=dict)
     profile: str = ""
     device: str = ""
     torch_version: str | None = None
-    timing: dict[str, float] = field(default_factory=lambda: {"wall_s": 0.0, "compute_s": 0.0, "queue_s": 0.0})
+    timing: dict[str, float] = Field(default_factory=lambda: {"wall_s": 0.0, "compute_s": 0.0, "queue_s": 0.0})
     threads: int | None = None
-    created_at: str = field(default_factory=_now)
+    created_at: str = Field(default_factory=_now)
 
-    def __post_init__(self) -> None:
-        if self.version != MANIFEST_VERSION:
-            raise SpecError(f"result manifest version {self.version} is not supported (expected {MANIFEST_VERSION})")
-        if self.status not in STATUSES:
-            raise SpecError(f"result manifest status {self.status!r} is not one of {', '.join(STATUSES)}")
+    @model_validator(mode="after")
+    def _ok_has_hash(self) -> Self:
         if self.status == "ok" and not self.result_hash:
-            raise SpecError("result manifest: status ok needs a result_hash")
-
-    def to_json(self) -> str:
-        """Pretty, sorted JSON (one trailing newline)."""
-        return json.dumps(asdict(self), indent=2, sort_keys=True, allow_nan=False) + "\n"
-
-    @classmethod
-    def from_json(cls, text: str | bytes) -> ResultManifest:
-        """Parse a manifest. Raises SpecError for bad JSON, unknown or missing fields, bad values."""
-        try:
-            data = json.loads(text)
-        except ValueError as err:
-            raise SpecError(f"result manifest is not valid JSON: {err}") from None
-        if not isinstance(data, dict):
-            raise SpecError("result manifest must be a JSON object")
-        unknown = sorted(set(data) - {f.name for f in fields(cls)})
-        if unknown:
-            raise SpecError(f"result manifest has unknown field(s) {unknown}")
-        try:
-            return cls(**data)
-        except TypeError as err:
-            raise SpecError(f"result manifest: {err}") from None
+            raise ValueError("status ok needs a result_hash")
+        return self
 
     def write(self, directory: Path | str) -> Path:
         """Write `<directory>/manifest.json` atomically; return its path. Raises OSError."""
-        return _atomic_write(Path(directory) / MANIFEST_FILE, self.to_json().encode())
+        return atomic_write_text(Path(directory) / MANIFEST_FILE, self.to_json_text())
 
     @classmethod
     def read(cls, directory: Path | str) -> ResultManifest:
@@ -91,20 +70,6 @@ class ResultManifest:
             raise SpecError(f"cannot read result manifest {path}: {err.strerror}") from None
 
 
-def _atomic_write(path: Path, data: bytes) -> Path:
-    """Temp file + rename in the same directory. OSError (e.g. EFBIG under RLIMIT_FSIZE) propagates; the
-    temporary file is removed."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(name, path)
-    finally:
-        Path(name).unlink(missing_ok=True)
-    return path
-
-
 def write_outputs(directory: Path | str, tensors: dict[str, np.ndarray]) -> dict[str, dict[str, Any]]:
     """Write `tensors` to `<directory>/outputs.safetensors` (deterministic bytes) and return the manifest's
     `outputs` entry: per name {"dtype", "shape", "file", "digest" (0x-hex tensor digest)}.
@@ -113,7 +78,7 @@ def write_outputs(directory: Path | str, tensors: dict[str, np.ndarray]) -> dict
     from marketplace.tensors import dump_tensors
 
     h = canonical_hash(tensors)
-    _atomic_write(Path(directory) / OUTPUTS_FILE, dump_tensors(tensors))
+    atomic_write_bytes(Path(directory) / OUTPUTS_FILE, dump_tensors(tensors))
     return {name: {"dtype": d.dtype, "shape": list(d.shape), "file": OUTPUTS_FILE, "digest": "0x" + d.digest.hex()}
             for name, d in sorted(h.tensors.items())}
 

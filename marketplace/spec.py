@@ -26,6 +26,7 @@ from pydantic import (
 )
 
 from marketplace.errors import SpecError
+from marketplace.models import canonical_json
 
 SPEC_VERSION = 1
 Kind = Literal["inference", "train", "finetune", "evaluate"]
@@ -103,9 +104,9 @@ class _Canonical(_Strict):
     """A spec with one canonical encoding whose keccak is the hash it carries on chain and in bids."""
 
     def canonical_json(self) -> bytes:
-        """The one canonical encoding: JSON, sorted keys, no whitespace, every default written out."""
-        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"),
-                          ensure_ascii=False, allow_nan=False).encode()
+        """The one canonical encoding: RFC 8785 JSON (`marketplace.models.canonical_json`), every default written
+        out."""
+        return canonical_json(self.model_dump(mode="json"))
 
     def spec_hash(self) -> bytes:
         """keccak256 of the canonical encoding: the `specHash` that bids and jobs carry on chain."""

@@ -1,7 +1,8 @@
 """Typed mirrors of the Solidity structs (contracts/types/MarketTypes.sol), with their ABI encodings.
 
-Units and ids are `NewType`s; every struct is a frozen dataclass with `as_abi()` (the tuple web3 and eth-abi
-take) and, where the chain returns it, `from_abi()`.
+Units and ids are `NewType`s; every struct has `as_abi()` (the tuple web3 and eth-abi take) and, where the chain
+returns it, `from_abi()`. The bid, which also travels as JSON (wire and bid files), is a `marketplace.models.Model`;
+the rest are frozen dataclasses.
 """
 
 from __future__ import annotations
@@ -9,10 +10,13 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, NewType
+from typing import Any, ClassVar, Literal, NewType
 
 from eth_abi import encode as abi_encode
 from eth_utils import keccak, to_checksum_address
+from pydantic import ConfigDict, model_validator
+
+from marketplace.models import Bytes32, ChecksumAddress, DecimalInt, Model, WeiInt
 
 Wei = NewType("Wei", int)  # token base units (18 decimals)
 JobId = NewType("JobId", bytes)  # 32 bytes
@@ -66,69 +70,77 @@ def b32(value: bytes | str) -> bytes:
     return raw
 
 
-@dataclass(frozen=True, kw_only=True)
-class Bid:
-    """A provider's offer; signed with EIP-712 (see marketplace.eip712)."""
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(w.title() for w in rest)
 
-    spec_hash: bytes
-    requester: str
-    provider: str
-    price: int
-    collateral: int
+
+class Bid(Model):
+    """A provider's offer; signed with EIP-712 (see marketplace.eip712). In JSON its keys are the EIP-712 field
+    names (camelCase), amounts and the nonce decimal strings, the spec hash 0x-hex."""
+
+    model_config = ConfigDict(alias_generator=_camel)
+
+    spec_hash: Bytes32
+    requester: ChecksumAddress
+    provider: ChecksumAddress
+    price: WeiInt
+    collateral: WeiInt
     run_seconds: int
     expiry: int
-    nonce: int
+    nonce: DecimalInt
     min_window: int = 0  # shortest challenge/reveal window accepted (0 = any the market allows)
     max_deadline: int = 0  # latest result deadline accepted, unix seconds (0 = no bound)
 
     def as_abi(self) -> tuple[Any, ...]:
-        return (self.spec_hash, to_checksum_address(self.requester), to_checksum_address(self.provider),
-                self.price, self.collateral, self.run_seconds, self.min_window, self.max_deadline, self.expiry,
-                self.nonce)
+        return (self.spec_hash, self.requester, self.provider, self.price, self.collateral, self.run_seconds,
+                self.min_window, self.max_deadline, self.expiry, self.nonce)
 
     def as_message(self) -> dict[str, Any]:
         """The EIP-712 message dict."""
-        return {"specHash": self.spec_hash, "requester": to_checksum_address(self.requester),
-                "provider": to_checksum_address(self.provider), "price": self.price,
-                "collateral": self.collateral, "runSeconds": self.run_seconds, "minWindow": self.min_window,
-                "maxDeadline": self.max_deadline, "expiry": self.expiry, "nonce": self.nonce}
-
-    def to_json(self) -> dict[str, Any]:
-        return {"specHash": "0x" + self.spec_hash.hex(), "requester": to_checksum_address(self.requester),
-                "provider": to_checksum_address(self.provider), "price": str(self.price),
-                "collateral": str(self.collateral), "runSeconds": self.run_seconds, "minWindow": self.min_window,
-                "maxDeadline": self.max_deadline, "expiry": self.expiry, "nonce": str(self.nonce)}
-
-    @classmethod
-    def from_json(cls, d: dict[str, Any]) -> Bid:
-        return cls(spec_hash=b32(d["specHash"]), requester=to_checksum_address(d["requester"]),
-                   provider=to_checksum_address(d["provider"]), price=int(d["price"]),
-                   collateral=int(d["collateral"]), run_seconds=int(d["runSeconds"]), expiry=int(d["expiry"]),
-                   nonce=int(d["nonce"]), min_window=int(d.get("minWindow", 0)),
-                   max_deadline=int(d.get("maxDeadline", 0)))
+        return self.model_dump()
 
 
-@dataclass(frozen=True, kw_only=True)
-class SignedBid:
-    bid: Bid
+class BidSignature(Model):
     v: int
-    r: bytes
-    s: bytes
+    r: Bytes32
+    s: Bytes32
+
+
+class SignedBid(Model):
+    """A bid with its EIP-712 signature. JSON: the bid file format written by `agora bid sign` (version 1),
+    `{"version": 1, "bid": {...}, "signature": {"v", "r", "s"}}`. Built as `SignedBid(bid=..., v=, r=, s=)`."""
+
+    version: Literal[1] = 1
+    bid: Bid
+    signature: BidSignature
+
+    json_error: ClassVar[type[Exception] | None] = ValueError
+    json_what: ClassVar[str] = "bid file"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _flat_signature(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "signature" not in data and {"v", "r", "s"} <= data.keys():
+            rest = {k: v for k, v in data.items() if k not in ("v", "r", "s")}
+            rest["signature"] = BidSignature(v=data["v"], r=data["r"], s=data["s"])
+            return rest
+        return data
+
+    @property
+    def v(self) -> int:
+        return self.signature.v
+
+    @property
+    def r(self) -> bytes:
+        return self.signature.r
+
+    @property
+    def s(self) -> bytes:
+        return self.signature.s
 
     def as_abi(self) -> tuple[Any, ...]:
         return (self.bid.as_abi(), self.v, self.r, self.s)
-
-    def to_json(self) -> dict[str, Any]:
-        """The bid file format written by `agora bid sign` (version 1)."""
-        return {"version": 1, "bid": self.bid.to_json(),
-                "signature": {"v": self.v, "r": "0x" + self.r.hex(), "s": "0x" + self.s.hex()}}
-
-    @classmethod
-    def from_json(cls, d: dict[str, Any]) -> SignedBid:
-        if d.get("version") != 1:
-            raise ValueError(f"unsupported bid file version {d.get('version')!r} (expected 1)")
-        sig = d["signature"]
-        return cls(bid=Bid.from_json(d["bid"]), v=int(sig["v"]), r=b32(sig["r"]), s=b32(sig["s"]))
 
 
 @dataclass(frozen=True)

@@ -10,14 +10,15 @@ import json
 import os
 import re
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from eth_account import Account
+from eth_keyfile.exceptions import EthKeyfileValueError
 from eth_utils import ValidationError, is_hex_address, to_checksum_address
 
 from marketplace.errors import WalletError, WrongPasswordError
+from marketplace.models import Model
 
 if TYPE_CHECKING:
     from eth_account.signers.local import LocalAccount
@@ -30,16 +31,12 @@ DEFAULT_HD_PATH = "m/44'/60'/0'/0/{index}"
 DEFAULT_ITERATIONS: int | None = None
 
 
-@dataclass(frozen=True)
-class Keystore:
+class Keystore(Model):
     """One keystore file: its name (file stem), checksum address and path."""
 
     name: str
     address: str
     path: Path
-
-    def to_json(self) -> dict[str, str]:
-        return {"name": self.name, "address": self.address, "path": str(self.path)}
 
 
 # ---------------------------------------------------------------- reading and writing files
@@ -213,9 +210,9 @@ def find(name_or_address: str, keystore_dir: Path) -> Keystore:
 def _decrypt(data: dict[str, Any], password: str, *, label: str) -> LocalAccount:
     try:
         key = Account.decrypt(data, password)
+    except EthKeyfileValueError:  # what decoding raises, and only, for a MAC (v3) or checksum (v4) mismatch
+        raise WrongPasswordError(f"wrong password for keystore {label}") from None
     except ValueError as err:
-        if "MAC mismatch" in str(err):
-            raise WrongPasswordError(f"wrong password for keystore {label}") from None
         raise WalletError(f"cannot decrypt keystore {label}: {err}") from None
     except (KeyError, TypeError) as err:
         raise WalletError(f"malformed keystore {label}: missing or bad field {err}") from None

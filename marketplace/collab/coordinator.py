@@ -19,18 +19,18 @@ costs one round deadline, not one per round.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import trio
 from eth_utils import to_checksum_address
+from pydantic import ConfigDict, Field, computed_field
+from pydantic.alias_generators import to_camel
 
 from marketplace import protocol as P
 from marketplace.collab.aggregate import aggregate, check_update, encode
@@ -49,9 +49,12 @@ from marketplace.collab.protocol import (
     decode_update,
 )
 from marketplace.collab.spec import CollabSpec, make_shards
-from marketplace.errors import AgoraError, InsufficientFundsError
+from marketplace.errors import AgoraError, CollabError, InsufficientFundsError
+from marketplace.fsutil import atomic_write_text
+from marketplace.models import Model, Record, WeiInt
 from marketplace.p2p import P2PError
 from marketplace.requester.engine import Requester
+from marketplace.requester.ranking import Explanation
 from marketplace.tensors import load_tensors
 from marketplace.types import from_wei
 
@@ -67,43 +70,59 @@ DEFAULT_CLAIM_WINDOW_S = 600
 LINGER_S = 20.0  # after the job: how long participants get to fetch the last round's updates
 
 
-class CollabError(AgoraError):
-    """A collaborative job could not start or finish."""
-
-
-@dataclass
-class Participant:
+class Participant(Record):
     index: int
     provider: str
     peer: str
-    price: int
+    price: WeiInt
     shard: dict[str, Any]
     count: int = 0  # accepted contributions so far
     waiting: bool = True  # waited for each round; false after a missed round, until it delivers again
-    missed: list[int] = field(default_factory=list)
-    rejected: list[int] = field(default_factory=list)
+    missed: list[int] = Field(default_factory=list)
+    rejected: list[int] = Field(default_factory=list)
 
-    def to_json(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["price"] = str(self.price)
-        d["paid"] = str(self.count * self.price)
-        return d
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def paid(self) -> WeiInt:
+        return self.count * self.price
 
 
-@dataclass
-class RoundRecord:
+class RoundRecord(Record):
     round: int
     model: str  # the global model the round started from
     aggregate: str = ""  # the model it produced
-    accepted: list[dict[str, Any]] = field(default_factory=list)
-    rejected: list[dict[str, Any]] = field(default_factory=list)
-    missing: list[str] = field(default_factory=list)
+    accepted: list[dict[str, Any]] = Field(default_factory=list)
+    rejected: list[dict[str, Any]] = Field(default_factory=list)
+    missing: list[str] = Field(default_factory=list)
     wall_s: float = 0.0
     wait_s: float = 0.0  # from the round message to the last update (or the deadline)
     aggregate_s: float = 0.0
-    compute_s: dict[str, float] = field(default_factory=dict)  # as reported by each participant
+    compute_s: dict[str, float] = Field(default_factory=dict)  # as reported by each participant
     bytes_in: int = 0  # update blobs fetched by the coordinator
     bytes_out: int = 0  # blobs served to participants during the round (models, updates to verify)
+
+
+class CollabReport(Model):
+    """What `run` returns and writes to `<out_dir>/collab.json` (camelCase keys, wei as decimal strings)."""
+
+    model_config = ConfigDict(alias_generator=to_camel)
+
+    job_id: str
+    spec_hash: str
+    model: str
+    model_hash: str
+    model_file: str
+    rule: str
+    rounds: list[RoundRecord]
+    stopped: str | None
+    deadline: int
+    participants: list[Participant]
+    paid: WeiInt
+    escrow: WeiInt
+    bytes_per_round: float
+    gas: dict[str, int]
+    timings: dict[str, float]
+    explanation: Explanation
 
 
 class CollabCoordinator:
@@ -478,20 +497,18 @@ class CollabCoordinator:
         model_path = self.out_dir / "model.safetensors"
         model_path.write_bytes(self.req.blobs.get_bytes(self.model))
         per_round = [max(r.bytes_in + r.bytes_out, 0) for r in self.rounds]
-        doc = {"jobId": self.job_id, "specHash": self.spec_hash, "model": self.model,
-               "modelHash": "0x" + self.model[7:], "modelFile": str(model_path),
-               "rule": self.spec.aggregation.rule, "rounds": [asdict(r) for r in self.rounds],
-               "stopped": self.stopped, "deadline": self.deadline,
-               "participants": [p.to_json() for p in self.participants],
-               "paid": str(sum(p.count * p.price for p in self.participants)),
-               "escrow": str(sum(p.price for p in self.participants) * self.spec.rounds),
-               "bytesPerRound": round(float(np.mean(per_round)), 1) if per_round else 0.0,
-               "gas": self.gas, "timings": self.timings, "explanation": explanation.to_json()}
-        for r in doc["rounds"]:
-            for a in r["accepted"]:
-                a.pop("msg", None)
-        (self.out_dir / "collab.json").write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
-        return doc
+        rounds = [r.model_copy(update={"accepted": [{k: v for k, v in a.items() if k != "msg"} for a in r.accepted]})
+                  for r in self.rounds]
+        report = CollabReport(
+            job_id=self.job_id, spec_hash=self.spec_hash, model=self.model, model_hash="0x" + self.model[7:],
+            model_file=str(model_path), rule=self.spec.aggregation.rule, rounds=rounds, stopped=self.stopped,
+            deadline=int(self.deadline), participants=list(self.participants),
+            paid=sum(p.count * p.price for p in self.participants),
+            escrow=sum(p.price for p in self.participants) * self.spec.rounds,
+            bytes_per_round=round(float(np.mean(per_round)), 1) if per_round else 0.0,
+            gas=self.gas, timings=self.timings, explanation=explanation)
+        atomic_write_text(self.out_dir / "collab.json", report.to_json_text())
+        return report.to_json()
 
 
 

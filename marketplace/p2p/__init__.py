@@ -2,29 +2,23 @@
 request/response, ping), discovery (bootstrap + rendezvous, bounded peer set) and liveness."""
 
 from .discovery import NAMESPACE, DiscoveryStats, PeerMaintainer, bootstrap_from_env, maintain_peers
-from .framing import (
-    MAX_FRAME,
+from marketplace.errors import (
     FrameError,
     FrameTimeoutError,
     FrameTooLargeError,
     P2PError,
-    read_frame,
-    write_frame,
-)
-from .host import (
-    PING_PROTOCOL,
-    P2PHost,
+    PeerIdentityError,
+    PeerRecordError,
     PeerTimeoutError,
     PeerUnreachableError,
     PingMismatchError,
-    open_host,
-    peer_info,
 )
+
+from .framing import MAX_FRAME, read_frame, write_frame
+from .host import PING_PROTOCOL, P2PHost, open_host, peer_info
 from .liveness import Liveness, LivenessStats
 from .identity import (
-    PeerIdentityError,
     PeerRecord,
-    PeerRecordError,
     identity_key_path,
     load_or_create_key,
     peer_id_of,

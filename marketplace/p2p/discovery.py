@@ -35,7 +35,7 @@ from libp2p.discovery.rendezvous.service import RendezvousService
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo
 
-from .framing import P2PError
+from marketplace.errors import P2PError
 from .host import P2PHost, peer_info
 from .liveness import DEFAULT_INTERVAL, DEFAULT_MISSES, DEFAULT_TIMEOUT, Liveness
 

@@ -12,30 +12,11 @@ from typing import Any
 
 import trio
 
-from marketplace.errors import AgoraError
+from marketplace.errors import FrameError, FrameTimeoutError, FrameTooLargeError, P2PError
 
 MAX_FRAME = 1 << 20  # 1 MiB
 DEFAULT_TIMEOUT = 10.0
 _HEADER = struct.Struct(">I")
-
-
-class P2PError(AgoraError, ConnectionError):
-    """Base of the provider's libp2p errors: unreachable peer, failed stream, bad frame."""
-
-
-class FrameError(P2PError):
-    """A frame could not be read or written (oversized, truncated, timed out, stream error)."""
-
-
-class FrameTooLargeError(FrameError):
-    def __init__(self, message: str, *, size: int, limit: int) -> None:
-        super().__init__(message)
-        self.size = size
-        self.limit = limit
-
-
-class FrameTimeoutError(FrameError, TimeoutError):
-    """No complete frame within the read timeout."""
 
 
 async def _read_exactly(stream: Any, n: int) -> bytes:

@@ -37,7 +37,9 @@ from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
 from libp2p.tools.anyio_service import background_trio_service
 
-from .framing import MAX_FRAME, FrameError, P2PError, read_frame, write_frame
+from marketplace.errors import FrameError, P2PError, PeerTimeoutError, PeerUnreachableError, PingMismatchError
+
+from .framing import MAX_FRAME, read_frame, write_frame
 from .gossip import Gossip, GossipOptions, build_pubsub
 
 log = logging.getLogger(__name__)
@@ -49,18 +51,6 @@ CLOSE_TIMEOUT = 3.0
 
 Handler = Callable[[bytes, ID], Awaitable[bytes]]
 PeerRef: TypeAlias = PeerInfo | str | multiaddr.Multiaddr
-
-
-class PeerUnreachableError(P2PError):
-    """Could not connect to the peer or open a stream to it."""
-
-
-class PeerTimeoutError(P2PError, TimeoutError):
-    """The peer did not answer within the timeout (down, hung or overloaded)."""
-
-
-class PingMismatchError(P2PError):
-    """The peer answered a ping with other bytes than it was sent."""
 
 
 def peer_info(peer: PeerRef) -> PeerInfo:

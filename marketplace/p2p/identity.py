@@ -12,9 +12,7 @@ libp2p's own secp256k1 signatures are DER over SHA-256 and not what a contract v
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from eth_account import Account
 from eth_account.messages import encode_defunct
@@ -23,18 +21,10 @@ from libp2p.crypto.keys import KeyPair
 from libp2p.crypto.secp256k1 import create_new_key_pair
 from libp2p.peer.id import ID
 
-from marketplace.errors import AgoraError
+from marketplace.errors import PeerIdentityError, PeerRecordError
+from marketplace.protocol import RECORD_VERSION, PeerRecord, record_message
 
 IDENTITY_FILE = "p2p-identity.key"
-RECORD_VERSION = 1
-
-
-class PeerIdentityError(AgoraError, ValueError):
-    """The libp2p identity key file is unreadable or malformed."""
-
-
-class PeerRecordError(AgoraError, ValueError):
-    """A peer record is malformed or does not bind this peer id to the claimed address."""
 
 
 def identity_key_path(keystore_dir: Path, address: str | None = None) -> Path:
@@ -75,45 +65,6 @@ def load_or_create_key(path: Path) -> KeyPair:
 
 def peer_id_of(key: KeyPair) -> ID:
     return ID.from_pubkey(key.public_key)
-
-
-def record_message(peer_id: str, chain_id: int) -> str:
-    return f"tensoragora-peer:{peer_id}:{int(chain_id)}"
-
-
-@dataclass(frozen=True)
-class PeerRecord:
-    """`address` (checksum) says it runs libp2p peer `peer_id` (base58) on chain `chain_id`."""
-
-    peer_id: str
-    address: str
-    chain_id: int
-    signature: str  # 0x-hex, 65 bytes
-    version: int = RECORD_VERSION
-
-    @classmethod
-    def sign(cls, private_key: bytes | str, peer_id: ID | str, chain_id: int) -> PeerRecord:
-        acct = Account.from_key(private_key)
-        pid = str(peer_id)
-        signed = Account.sign_message(encode_defunct(text=record_message(pid, chain_id)), private_key=acct.key)
-        return cls(peer_id=pid, address=acct.address, chain_id=int(chain_id),
-                   signature="0x" + bytes(signed.signature).hex())
-
-    def to_json(self) -> dict[str, Any]:
-        return {"version": self.version, "peer_id": self.peer_id, "address": self.address,
-                "chain_id": self.chain_id, "signature": self.signature}
-
-    @classmethod
-    def from_json(cls, data: Any) -> PeerRecord:
-        try:
-            if int(data["version"]) != RECORD_VERSION:
-                raise PeerRecordError(f"unsupported peer record version {data['version']!r}")
-            return cls(peer_id=str(data["peer_id"]), address=to_checksum_address(data["address"]),
-                       chain_id=int(data["chain_id"]), signature=str(data["signature"]))
-        except PeerRecordError:
-            raise
-        except (KeyError, TypeError, ValueError) as err:
-            raise PeerRecordError(f"malformed peer record: {err}") from None
 
 
 def verify_peer_record(record: PeerRecord, peer_id: ID | str, *, chain_id: int | None = None) -> str:

@@ -22,7 +22,7 @@ import trio
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo
 
-from .framing import P2PError
+from marketplace.errors import P2PError
 from .host import P2PHost
 
 log = logging.getLogger(__name__)

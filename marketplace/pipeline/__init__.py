@@ -6,11 +6,10 @@ one requester, resumable after a crash without paying twice. See docs/pipelines.
 No torch and no chain access outside the runner.
 """
 
+from marketplace.errors import PipelineChangedError, PipelineError, PipelineInvalidError
 from marketplace.pipeline.model import (
     REF_RE,
     Pipeline,
-    PipelineError,
-    PipelineInvalidError,
     Ref,
     Stage,
     find_cycle,
@@ -29,7 +28,6 @@ from marketplace.pipeline.runner import (
 )
 from marketplace.pipeline.state import (
     Budget,
-    PipelineChangedError,
     PipelineState,
     StageRecord,
     default_state_dir,

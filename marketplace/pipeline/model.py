@@ -24,7 +24,8 @@ from typing import Any
 from eth_utils import keccak
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from marketplace.errors import AgoraError, SpecError
+from marketplace.errors import PipelineError, PipelineInvalidError, SpecError
+from marketplace.models import canonical_json
 from marketplace.spec import JobSpec, parse_spec, read_document
 
 PIPELINE_VERSION = 1
@@ -34,20 +35,6 @@ STAGE_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
 #: Spec fields that hold a blob id, so may hold a reference instead.
 BLOB_SLOTS: tuple[tuple[str, ...], ...] = (("model", "weights"), ("data", "inputs"), ("data", "labels"),
                                            ("training", "order"))
-
-
-class PipelineError(AgoraError, ValueError):
-    """A pipeline file that cannot be read or parsed (one problem)."""
-
-    exit_code = 2
-
-
-class PipelineInvalidError(PipelineError):
-    """`validate` found problems; `problems` lists them, one line each. Nothing was sent anywhere."""
-
-    def __init__(self, problems: list[str]) -> None:
-        super().__init__(f"{len(problems)} problem(s): " + "; ".join(problems))
-        self.problems = problems
 
 
 # ---------------------------------------------------------------------------------------------- file schema
@@ -166,7 +153,7 @@ class Stage:
         """Identity of the stage's computation: keccak of its canonical spec with references left symbolic,
         plus k. A finished stage whose hash changed is not the stage that was paid for."""
         body = {"spec": json.loads(self.spec.canonical_json()) if self.spec else self.raw, "replicas": self.replicas}
-        return "0x" + keccak(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hex()
+        return "0x" + keccak(canonical_json(body)).hex()
 
     def resolve(self, outputs: dict[str, dict[str, str]]) -> JobSpec:
         """The job spec with every reference replaced by the blob id in `outputs[stage][output]`.
@@ -209,8 +196,7 @@ class Pipeline:
         return {n: [d for d in s.deps if d in self.stages] for n, s in self.stages.items()}
 
     def file_hash(self) -> str:
-        return "0x" + keccak(json.dumps({n: s.stage_hash() for n, s in self.stages.items()},
-                                        sort_keys=True).encode()).hex()
+        return "0x" + keccak(canonical_json({n: s.stage_hash() for n, s in self.stages.items()})).hex()
 
 
 def placeholder(ref_text: str) -> str:

@@ -23,11 +23,16 @@ from pathlib import Path
 from typing import Any
 
 import trio
+from pydantic import ConfigDict, Field, computed_field, field_serializer
+from pydantic.alias_generators import to_camel
 
 from marketplace.blobs import BlobStore
-from marketplace.errors import AgoraError
-from marketplace.pipeline.model import Pipeline, PipelineInvalidError, Stage, load_pipeline
-from marketplace.pipeline.state import Budget, PipelineState, StageRecord, atomic_write_json, default_state_dir
+
+from marketplace.errors import AgoraError, PipelineInvalidError, StageFailedError, StageHeldError
+from marketplace.fsutil import atomic_write_json
+from marketplace.models import Model, WeiInt
+from marketplace.pipeline.model import Pipeline, Stage, load_pipeline
+from marketplace.pipeline.state import Budget, PipelineState, StageRecord, default_state_dir
 from marketplace.pipeline.validate import validate
 from marketplace.spec import JobSpec
 from marketplace.types import from_wei
@@ -36,14 +41,6 @@ log = logging.getLogger(__name__)
 
 #: Outputs of a training stage that are not model parameters.
 NON_PARAMETER_OUTPUTS = frozenset({"loss_curve"})
-
-
-class StageFailedError(AgoraError):
-    """A stage's job did not settle with verified outputs."""
-
-
-class StageHeldError(StageFailedError):
-    """A stage whose earlier job may still open (or whose record cannot be checked) is not bought again."""
 
 
 #: Requester job states in which money is (or may be) locked in a job that has not settled.
@@ -122,8 +119,11 @@ class StageEvent:
     data: dict[str, Any] = field(default_factory=dict)
 
 
-@dataclass
-class StageReport:
+class StageReport(Model):
+    """One stage in the report (`--json`: camelCase keys, wei as decimal strings)."""
+
+    model_config = ConfigDict(alias_generator=to_camel)
+
     name: str
     kind: str
     status: str
@@ -132,38 +132,46 @@ class StageReport:
     result_hash: str | None
     outputs: dict[str, str]
     metrics: dict[str, float]
-    cost: int
+    cost: WeiInt
     seconds: float | None
     times: dict[str, float]
     error: str | None
 
-    def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "kind": self.kind, "status": self.status, "jobId": self.job_id,
-                "specHash": self.spec_hash, "resultHash": self.result_hash, "outputs": self.outputs,
-                "metrics": self.metrics, "cost": str(self.cost), "costTokens": from_wei(self.cost),
-                "seconds": self.seconds, "times": self.times, "error": self.error}
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def cost_tokens(self) -> str:
+        return from_wei(self.cost)
 
 
-@dataclass
-class PipelineReport:
-    name: str
+class PipelineReport(Model):
+    """A pipeline run (`--json`: camelCase keys, wei as decimal strings)."""
+
+    model_config = ConfigDict(alias_generator=to_camel)
+
+    name: str = Field(alias="pipeline")
     state_dir: str
-    budget: int
+    budget: WeiInt
     stages: list[StageReport]
-    wall_s: float
+    wall_s: float = Field(alias="wallSeconds")
 
+    @field_serializer("wall_s")
+    def _wall(self, value: float) -> float:
+        return round(value, 3)
+
+    @computed_field  # type: ignore[prop-decorator]
     @property
     def ok(self) -> bool:
         return all(s.status == "done" for s in self.stages)
 
+    @computed_field  # type: ignore[prop-decorator]
     @property
-    def total_cost(self) -> int:
+    def total_cost(self) -> WeiInt:
         return sum(s.cost for s in self.stages)
 
-    def to_json(self) -> dict[str, Any]:
-        return {"pipeline": self.name, "ok": self.ok, "stateDir": self.state_dir, "budget": str(self.budget),
-                "totalCost": str(self.total_cost), "totalCostTokens": from_wei(self.total_cost),
-                "wallSeconds": round(self.wall_s, 3), "stages": [s.to_json() for s in self.stages]}
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def total_cost_tokens(self) -> str:
+        return from_wei(self.total_cost)
 
 
 def report_of(state: PipelineState, wall_s: float = 0.0) -> PipelineReport:

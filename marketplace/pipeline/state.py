@@ -14,26 +14,24 @@ Costs and amounts are wei, as decimal strings.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from marketplace.pipeline.model import Pipeline, PipelineError
+from pydantic import Field, ValidationError
+
+from marketplace.errors import PipelineChangedError, PipelineError
+from marketplace.fsutil import atomic_write_json
+from marketplace.models import Record, validation_message
+from marketplace.pipeline.model import Pipeline
 
 STATE_VERSION = 1
 STATE_FILE = "state.json"
 STATUSES = ("pending", "announced", "open", "done", "failed")
 
 
-class PipelineChangedError(PipelineError):
-    """The pipeline file changed a stage that was already paid for (or is in flight): resuming would mix runs."""
-
-
-@dataclass
-class StageRecord:
+class StageRecord(Record):
     stage_hash: str
     kind: str = ""
     status: str = "pending"
@@ -41,16 +39,16 @@ class StageRecord:
     job_id: str | None = None
     spec_hash: str | None = None
     result_hash: str | None = None
-    winners: list[dict[str, Any]] = field(default_factory=list)
+    winners: list[dict[str, Any]] = Field(default_factory=list)
     reserved: str = "0"
     cost: str = "0"
-    gas: dict[str, int] = field(default_factory=dict)
-    outputs: dict[str, str] = field(default_factory=dict)
-    metrics: dict[str, float] = field(default_factory=dict)
+    gas: dict[str, int] = Field(default_factory=dict)
+    outputs: dict[str, str] = Field(default_factory=dict)
+    metrics: dict[str, float] = Field(default_factory=dict)
     out_dir: str | None = None
     error: str | None = None
-    times: dict[str, float] = field(default_factory=dict)
-    attempts: list[dict[str, Any]] = field(default_factory=list)  # earlier failed attempts, with their cost
+    times: dict[str, float] = Field(default_factory=dict)
+    attempts: list[dict[str, Any]] = Field(default_factory=list)  # earlier failed attempts, with their cost
 
     @property
     def spent(self) -> int:
@@ -67,33 +65,20 @@ class StageRecord:
         self.winners, self.cost, self.reserved, self.gas, self.times = [], "0", "0", {}, {}
 
 
-@dataclass
-class PipelineState:
+class PipelineState(Record):
+    """`state.json` is `to_json()`; `dir` (where it lives) is not part of it."""
+
     pipeline: str
     file: str | None
     account: str
     budget: str
     stages: dict[str, StageRecord]
     version: int = STATE_VERSION
-    created_at: float = field(default_factory=time.time)
-    updated_at: float = field(default_factory=time.time)
-    dir: Path | None = None
+    created_at: float = Field(default_factory=time.time)
+    updated_at: float = Field(default_factory=time.time)
+    dir: Path | None = Field(default=None, exclude=True)
 
     # ------------------------------------------------------------------ persistence
-    def to_json(self) -> dict[str, Any]:
-        d = asdict(self)
-        d.pop("dir")
-        return d
-
-    @classmethod
-    def from_json(cls, d: dict[str, Any], directory: Path | None = None) -> PipelineState:
-        if d.get("version") != STATE_VERSION:
-            raise PipelineError(f"pipeline state version {d.get('version')} is not supported")
-        stages = {n: StageRecord(**r) for n, r in d["stages"].items()}
-        return cls(pipeline=d["pipeline"], file=d.get("file"), account=d["account"], budget=d["budget"],
-                   stages=stages, version=d["version"], created_at=d["created_at"], updated_at=d["updated_at"],
-                   dir=directory)
-
     def save(self) -> Path:
         """Write `state.json` atomically (temp file, fsync, rename): a reader or a crash sees old or new."""
         assert self.dir is not None
@@ -109,10 +94,15 @@ class PipelineState:
             raise PipelineError(f"no pipeline state at {path}: {err.strerror}") from None
         except ValueError as err:
             raise PipelineError(f"{path}: not valid JSON: {err}") from None
+        if not isinstance(data, dict) or data.get("version") != STATE_VERSION:
+            version = data.get("version") if isinstance(data, dict) else None
+            raise PipelineError(f"pipeline state version {version} is not supported")
         try:
-            return cls.from_json(data, Path(directory))
-        except (KeyError, TypeError) as err:
-            raise PipelineError(f"{path}: malformed pipeline state: {err}") from None
+            state = cls.from_json(data)
+        except ValidationError as err:
+            raise PipelineError(f"{path}: malformed pipeline state: {validation_message(err)}") from None
+        state.dir = Path(directory)
+        return state
 
     # ------------------------------------------------------------------ run bookkeeping
     @classmethod
@@ -156,21 +146,6 @@ class PipelineState:
 
     def spent(self) -> int:
         return sum(r.spent for r in self.stages.values())
-
-
-def atomic_write_json(path: Path, doc: Any) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(doc, f, indent=2, sort_keys=True, default=str)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(name, path)
-    finally:
-        Path(name).unlink(missing_ok=True)
-    return path
 
 
 def fits_budget(budget: int, spent: int, reserved: int, need: int) -> bool:

@@ -9,9 +9,12 @@ reputation must ask half the price to tie. Ties go to the earlier bid. No I/O, n
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
+from pydantic import Field
+
+from marketplace.models import Model, Record
 from marketplace.types import from_wei
 
 BPS = 10_000
@@ -69,8 +72,7 @@ class ProviderFacts:
         return max(0, self.stake - self.locked - self.unbonding)
 
 
-@dataclass
-class RankedBid:
+class RankedBid(Record):
     """One line of the explanation."""
 
     provider: str
@@ -85,28 +87,19 @@ class RankedBid:
     reason: str = ""
 
 
-@dataclass
-class Explanation:
+class Explanation(Model):
     """Every bid's fate plus a one-line summary; `ok` when k bids were chosen."""
 
     k: int
     max_price: str
     ok: bool
     summary: str
-    bids: list[RankedBid] = field(default_factory=list)
+    bids: list[RankedBid] = Field(default_factory=list)
 
     @property
     def winners(self) -> list[str]:
         """Chosen providers, best first."""
         return [b.provider for b in sorted((b for b in self.bids if b.chosen), key=lambda b: b.rank or 0)]
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, d: Mapping[str, Any]) -> Explanation:
-        return cls(k=int(d["k"]), max_price=str(d["max_price"]), ok=bool(d["ok"]), summary=str(d["summary"]),
-                   bids=[RankedBid(**b) for b in d.get("bids", [])])
 
 
 def effective_price(price: int, score_bps: int) -> int:

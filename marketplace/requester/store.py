@@ -11,16 +11,32 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
-from typing import Any
-
-from marketplace.sqlite import SqliteStore
+from typing import Annotated, Any
 
 from eth_utils import to_checksum_address
+from pydantic import Field
 
-STATES = ("announced", "no-bids", "opening", "open", "committed", "revealed", "settled", "failed", "collab")
-FINAL_STATES = ("no-bids", "settled", "failed", "collab")  # collab: followed by marketplace.collab, not here
+from marketplace.models import Model, WeiInt
+from marketplace.sqlite import Migration, SqliteStore
+
+class JobState(StrEnum):
+    """A requester job's state (stored as its value)."""
+
+    ANNOUNCED = "announced"
+    NO_BIDS = "no-bids"
+    OPENING = "opening"
+    OPEN = "open"
+    COMMITTED = "committed"
+    REVEALED = "revealed"
+    SETTLED = "settled"
+    FAILED = "failed"
+    COLLAB = "collab"  # followed by marketplace.collab, not here
+
+
+STATES = tuple(s.value for s in JobState)
+FINAL_STATES = (JobState.NO_BIDS.value, JobState.SETTLED.value, JobState.FAILED.value, JobState.COLLAB.value)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -69,35 +85,34 @@ CREATE TABLE IF NOT EXISTS results (
 );
 """
 
+#: Schema versions, in order (see marketplace.sqlite): 1 is the schema of the first release.
+MIGRATIONS: list[Migration] = [SCHEMA]
+
 
 def store_path(home: Path, address: str) -> Path:
     """`<home>/requester/<checksum address>/requester.db`."""
     return Path(home).expanduser() / "requester" / to_checksum_address(address) / "requester.db"
 
 
-@dataclass
-class JobRow:
+class JobRow(Model):
+    """One job as stored; `to_json()` with `max_price` a decimal string of wei."""
+
     ann_id: str
     job_id: str | None
     announcement: dict[str, Any]
     spec_hash: str
     spec_path: str | None
-    state: str
+    state: Annotated[JobState, Field(strict=False)]
     k: int
-    max_price: int
-    winners: list[dict[str, Any]] = field(default_factory=list)
+    max_price: WeiInt
+    winners: list[dict[str, Any]] = Field(default_factory=list)
     explanation: dict[str, Any] | None = None
     out_dir: str | None = None
-    timings: dict[str, float] = field(default_factory=dict)
-    gas: dict[str, int] = field(default_factory=dict)
+    timings: dict[str, Any] = Field(default_factory=dict)  # seconds, and notes such as an open attempt
+    gas: dict[str, int] = Field(default_factory=dict)
     error: str | None = None
     created_at: float = 0.0
     updated_at: float = 0.0
-
-    def to_json(self) -> dict[str, Any]:
-        d = dict(self.__dict__)
-        d["max_price"] = str(self.max_price)
-        return d
 
 
 def _row(r: sqlite3.Row) -> JobRow:
@@ -113,7 +128,7 @@ class RequesterStore(SqliteStore):
     """Thread-safe (one connection, one lock): the engine writes from trio, worker threads may read."""
 
     def __init__(self, path: Path | str) -> None:
-        super().__init__(path, SCHEMA, synchronous="NORMAL")
+        super().__init__(path, MIGRATIONS, synchronous="NORMAL")
 
     @classmethod
     def for_account(cls, home: Path, address: str) -> RequesterStore:

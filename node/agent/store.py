@@ -13,14 +13,37 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from marketplace.sqlite import SqliteStore
+from pydantic import Field
 
-JOB_STATES = ("assigned", "running", "computed", "committed", "revealed", "submitted", "settled", "failed")
-FINAL_STATES = ("settled", "failed")
+from marketplace.models import DecimalInt, Model, Record, WeiInt
+from marketplace.sqlite import Migration, SqliteStore
+
+class JobState(StrEnum):
+    """A node job's state, in order (stored as its value)."""
+
+    ASSIGNED = "assigned"
+    RUNNING = "running"
+    COMPUTED = "computed"
+    COMMITTED = "committed"
+    REVEALED = "revealed"
+    SUBMITTED = "submitted"
+    SETTLED = "settled"
+    FAILED = "failed"
+
+
+class BidOutcome(StrEnum):
+    PENDING = "pending"
+    WON = "won"
+    LOST = "lost"
+    DECLINED = "declined"
+
+
+JOB_STATES = tuple(s.value for s in JobState)
+FINAL_STATES = (JobState.SETTLED.value, JobState.FAILED.value)
 SENT_RESULT, SENT_REVEAL, SENT_COMMIT = 1, 2, 4  # bits of `sent`: which messages the requester acked
 
 _SCHEMA = """
@@ -74,61 +97,60 @@ CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
+#: Schema versions, in order (see marketplace.sqlite): 1 is the schema of the first release.
+MIGRATIONS: list[Migration] = [_SCHEMA]
 
-@dataclass
-class BidRow:
-    nonce: int
+
+class BidRow(Model):
+    """One bid this node sent, as stored."""
+
+    nonce: DecimalInt
     ann_id: str
     spec_hash: str
     requester: str
     requester_peer: str
     requester_addrs: list[str]
     kind: str
-    price: int
-    collateral: int
+    price: WeiInt
+    collateral: WeiInt
     run_seconds: int
     expiry: int
     announce: dict[str, Any]
-    outcome: str = "pending"
+    outcome: Annotated[BidOutcome, Field(strict=False)] = BidOutcome.PENDING
     job_id: str | None = None
-    created: float = field(default_factory=time.time)
+    created: float = Field(default_factory=time.time)
 
 
-@dataclass
-class JobRow:
+class JobRow(Record):
+    """One job of this node, as stored (the agent updates it in place, then through `NodeStore.update_job`);
+    `to_json()` (for /jobs) with amounts as decimal strings of wei."""
+
     job_id: str
     ann_id: str
     spec_hash: str
     kind: str
     idx: int
     replicas: int
-    price: int
-    collateral: int
+    price: WeiInt
+    collateral: WeiInt
     requester: str
     requester_peer: str
     requester_addrs: list[str]
     deadline: int
     window: int
-    state: str = "assigned"
-    bid_nonce: int | None = None
+    state: Annotated[JobState, Field(strict=False)] = JobState.ASSIGNED
+    bid_nonce: DecimalInt | None = None
     result: str | None = None
     salt: str | None = None
     result_dir: str | None = None
     outputs: list[dict[str, Any]] | None = None
     error: str | None = None
     outcome: str | None = None
-    earnings: int = 0
+    earnings: WeiInt = 0
     exec_seconds: float | None = None
     sent: int = 0  # SENT_RESULT | SENT_REVEAL | SENT_COMMIT once the requester acknowledged them
-    created: float = field(default_factory=time.time)
-    updated: float = field(default_factory=time.time)
-
-    def to_json(self) -> dict[str, Any]:
-        """For /jobs: amounts as decimal strings of wei."""
-        d = dict(self.__dict__)
-        for k in ("price", "collateral", "earnings", "bid_nonce"):
-            d[k] = None if d[k] is None else str(d[k])
-        return d
+    created: float = Field(default_factory=time.time)
+    updated: float = Field(default_factory=time.time)
 
 
 _JSON_COLS = {"requester_addrs", "announce", "outputs"}
@@ -159,11 +181,11 @@ class NodeStore(SqliteStore):
     """Thread-safe (one connection, one lock): the agent calls it from trio and from worker threads."""
 
     def __init__(self, path: Path) -> None:
-        super().__init__(path, _SCHEMA, synchronous="FULL")
+        super().__init__(path, MIGRATIONS, synchronous="FULL")
 
     # ------------------------------------------------------------------ bids
     def add_bid(self, bid: BidRow) -> None:
-        cols = list(bid.__dict__)
+        cols = list(BidRow.model_fields)
         with self._tx() as db:
             db.execute(f"INSERT OR REPLACE INTO bids ({','.join(cols)}) VALUES ({','.join('?' * len(cols))})",
                        tuple(_to_db(c, getattr(bid, c)) for c in cols))
@@ -207,7 +229,7 @@ class NodeStore(SqliteStore):
     # ------------------------------------------------------------------ jobs
     def add_job(self, job: JobRow) -> bool:
         """Insert a job unless one with this id exists; True when inserted."""
-        cols = list(job.__dict__)
+        cols = list(JobRow.model_fields)
         with self._tx() as db:
             cur = db.execute(f"INSERT OR IGNORE INTO jobs ({','.join(cols)}) VALUES ({','.join('?' * len(cols))})",
                              tuple(_to_db(c, getattr(job, c)) for c in cols))
@@ -216,7 +238,7 @@ class NodeStore(SqliteStore):
     def update_job(self, job_id: str, **changes: Any) -> None:
         if not changes:
             return
-        bad = set(changes) - set(JobRow.__dataclass_fields__)
+        bad = set(changes) - set(JobRow.model_fields)
         if bad:
             raise KeyError(f"unknown job fields {sorted(bad)}")
         if "state" in changes and changes["state"] not in JOB_STATES:
