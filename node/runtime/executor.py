@@ -33,7 +33,7 @@ import torch
 from marketplace.errors import SpecError
 from marketplace.spec import JobSpec
 from node.runtime import compute
-from node import inputs as input_checks
+from node.runtime import inputs as input_checks
 from node.errors import DivergedError
 from node.runtime.models import build_model, state_dict_numpy
 
