@@ -24,6 +24,8 @@ import pytest
 
 pytest.importorskip("torch")
 
+pytestmark = pytest.mark.integration  # starts sandbox worker processes
+
 from marketplace import examples as mx  # noqa: E402
 from marketplace.blobs import BlobStore  # noqa: E402
 from marketplace.collab.aggregate import (  # noqa: E402
