@@ -6,6 +6,7 @@ The harness of the integration tests, the demo (scripts/demo.py) and the benchma
   JSON ready record (`{"event": "ready", ...}`) and whose stderr goes to a log file; `NodeProc` adds a provider
   node's operations endpoints (`/jobs`, `/metrics`, ...).
 - `read_ready`, `metric`, `log_tail`, `wait_until`: the pieces those are made of, usable on their own.
+- `check_conservation`: the token conservation invariant of the market and registry contracts.
 - `LocalStack`: one AGORA_HOME and deployments directory on a running chain, driven through the real `agora`
   CLI: deploy, import keys, make the example blobs, start a bootstrap node and provider nodes, stop them all.
 
@@ -28,8 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["CliError", "LocalStack", "NodeProc", "Proc", "agora_argv", "log_tail", "metric", "parse_metric",
-           "read_ready", "wait_until"]
+__all__ = ["CliError", "LocalStack", "NodeProc", "Proc", "agora_argv", "check_conservation", "log_tail", "metric",
+           "parse_metric", "read_ready", "wait_until"]
 
 
 def agora_argv(*args: str) -> list[str]:
@@ -303,3 +304,15 @@ class LocalStack:
         codes = {p.name: p.stop(signal.SIGTERM) for p in reversed(self.procs)}
         self.procs.clear()
         return codes
+
+
+def check_conservation(*, market_tokens: int, registry_tokens: int, escrow: int, market_balances: Iterable[int],
+                       stakes: Iterable[tuple[int, int]]) -> None:
+    """The JobMarket / ProviderRegistry conservation invariant; AssertionError naming the gap when broken.
+
+    token(market) + token(registry) == live escrow + every market balance + every provider's stake + unbonding,
+    and, on its own, token(registry) == the sum of stake + unbonding (`stakes`: (stake, unbonding) pairs)."""
+    staked = sum(stake + unbonding for stake, unbonding in stakes)
+    held, owed = market_tokens + registry_tokens, escrow + sum(market_balances) + staked
+    assert held == owed, f"conservation broken: tokens held {held} != owed {owed} (gap {held - owed})"
+    assert registry_tokens == staked, f"registry conservation broken: holds {registry_tokens} != staked {staked}"
