@@ -1,6 +1,6 @@
 """The versioned model-architecture registry: names, hyperparameter schemas and input contracts.
 
-No torch here: `node.models` builds the modules. An architecture is `name@version`; a new version never changes
+No torch here: `node.runtime.models` builds the modules. An architecture is `name@version`; a new version never changes
 an old one's meaning, so a spec hash keeps naming the same computation forever.
 """
 

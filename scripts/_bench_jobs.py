@@ -15,19 +15,14 @@ All processes share this machine's 2 cores, so every figure includes the other p
 
 from __future__ import annotations
 
-import json
 import os
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
 SPEC = "mlp-inference.yaml"
 BURST_BID_WINDOW_S = 8.0
 
@@ -39,91 +34,36 @@ def _pct(values: list[float], q: float) -> float:
     return s[min(len(s) - 1, max(0, round(q / 100 * (len(s) - 1))))]
 
 
-class _Proc:
-    def __init__(self, name: str, argv: list[str], env: dict[str, str], log: Path, timeout: float = 180) -> None:
-        self.name = name
-        self.log = log.open("w")
-        self.proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=self.log, text=True)
-        box: dict[str, Any] = {}
-
-        def read() -> None:
-            for line in self.proc.stdout:  # type: ignore[union-attr]
-                if line.startswith("{"):
-                    try:
-                        rec = json.loads(line)
-                    except ValueError:
-                        continue
-                    if rec.get("event") == "ready" and "ready" not in box:
-                        box["ready"] = rec
-
-        threading.Thread(target=read, daemon=True).start()
-        deadline = time.time() + timeout
-        while "ready" not in box and time.time() < deadline and self.proc.poll() is None:
-            time.sleep(0.1)
-        if "ready" not in box:
-            self.stop()
-            raise RuntimeError(f"{name} did not become ready (log: {log})")
-        self.ready = box["ready"]
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log.close()
-
-
 def market_figures(*, providers: int = 4, jobs: int = 15, burst: int = 40, bid_window: float = 2.0,
                    grace: float = 0.05, quiet: bool = False) -> tuple[dict[str, Any], dict[str, Any]]:
     """(summary, details) of the market section."""
     from marketplace.chain import LocalChain
+    from marketplace.devstack import LocalStack
 
     say = (lambda *_: None) if quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
     tmp = Path(tempfile.mkdtemp(prefix="agora-bench-market-"))
-    procs: list[_Proc] = []
     with LocalChain("anvil") as chain:
-        env = {**os.environ, "AGORA_RPC": chain.rpc_url, "AGORA_HOME": str(tmp / "home"),
-               "AGORA_DEPLOYMENTS": str(tmp / "deployments"), "AGORA_PASSWORD": "bench", "PYTHONUNBUFFERED": "1"}
-        os.environ.update({k: env[k] for k in ("AGORA_RPC", "AGORA_HOME", "AGORA_DEPLOYMENTS", "AGORA_PASSWORD")})
-        py = [sys.executable, "-m", "marketplace.cli"]
-
-        def cli(*args: str) -> Any:
-            out = subprocess.run([*py, *args, "--json"], env=env, capture_output=True, text=True, check=True)
-            return json.loads(out.stdout)
-
+        stack = LocalStack.create(chain.rpc_url, tmp, password="bench")
+        os.environ.update({k: stack.env[k] for k in ("AGORA_RPC", "AGORA_HOME", "AGORA_DEPLOYMENTS",
+                                                     "AGORA_PASSWORD")})
         say("market: deploying, importing keys, building example blobs")
-        cli("deploy")
+        stack.deploy()
         names = ["requester"] + [f"prov{i}" for i in range(providers)]
-        for i, name in enumerate(names, start=1):
-            kf = tmp / f"{name}.key"
-            kf.write_text(chain.dev_private_keys[i] + "\n")
-            cli("wallet", "import", name, "--private-key-file", str(kf))
-            kf.unlink()
-        subprocess.run([sys.executable, str(ROOT / "scripts" / "make_examples.py"), "--store",
-                        str(tmp / "home" / "blobs"), "--out", str(tmp / "specs")], env=env, check=True,
-                       capture_output=True)
+        stack.import_keys({name: chain.dev_private_keys[i] for i, name in enumerate(names, start=1)})
+        stack.make_examples()
         try:
-            boot = _Proc("bootstrap", [*py, "p2p", "bootstrap", "--listen", "/ip4/127.0.0.1/tcp/0", "--json"],
-                         env, tmp / "bootstrap.log")
-            procs.append(boot)
-            bootstrap = boot.ready["addrs"][0]
+            bootstrap = stack.start_bootstrap()
             for i in range(providers):
-                cfg = tmp / f"prov{i}.yaml"
-                cfg.write_text(json.dumps({"account": f"prov{i}", "bootstrap": [bootstrap], "stake": "1000",
-                                           "collateral": "1", "capacity": max(2, burst // providers),
-                                           "prices": {"inference": str(1 + i / 10)}, "kinds": ["inference"],
-                                           "ops_port": -1}))
                 say(f"market: starting provider {i}")
-                procs.append(_Proc(f"prov{i}", [*py, "node", "run", "--config", str(cfg)], env, tmp / f"prov{i}.log"))
+                stack.start_node(f"prov{i}", {"stake": "1000", "collateral": "1",
+                                              "capacity": max(2, burst // providers),
+                                              "prices": {"inference": str(1 + i / 10)}, "kinds": ["inference"],
+                                              "ops_port": -1}, args=())
             say("market: providers ready; running jobs")
             return _run_jobs(tmp, bootstrap, providers=providers, jobs=jobs, burst=burst, bid_window=bid_window,
                              grace=grace, say=say)
         finally:
-            for p in reversed(procs):
-                p.stop()
+            stack.close()
 
 
 def _run_jobs(tmp: Path, bootstrap: str, **kw: Any) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -28,11 +28,9 @@ machine's cores.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -43,9 +41,9 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "scripts"))
 
-from _bench_jobs import _Proc  # noqa: E402
+from marketplace.devstack import LocalStack  # noqa: E402
+from marketplace.examples import collab_test_blobs  # noqa: E402
 
 LINK_BYTES_PER_S = 125e6  # 1 Gbit/s: a LAN between provider machines
 HEAVY_EPOCHS = 20  # local epochs of the heavier round the speed-up is also estimated for
@@ -56,14 +54,6 @@ def _say(quiet: bool) -> Any:
     return (lambda *_: None) if quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
 
 
-def _make_examples_module() -> Any:
-    spec = importlib.util.spec_from_file_location("_make_examples", ROOT / "scripts" / "make_examples.py")
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 class Net:
     """Chain, deployment, keys, example blobs, bootstrap and provider processes (see the module docstring)."""
 
@@ -72,47 +62,26 @@ class Net:
 
         self.tmp, self.say = tmp, say
         self.chain = LocalChain("anvil").__enter__()
-        self.procs: list[_Proc] = []
-        self.env = {**os.environ, "AGORA_RPC": self.chain.rpc_url, "AGORA_HOME": str(tmp / "home"),
-                    "AGORA_DEPLOYMENTS": str(tmp / "deployments"), "AGORA_PASSWORD": "bench",
-                    "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT)}
+        self.stack = LocalStack.create(self.chain.rpc_url, tmp, password="bench", env={"PYTHONPATH": str(ROOT)})
+        self.env = self.stack.env
         os.environ.update({k: self.env[k] for k in ("AGORA_RPC", "AGORA_HOME", "AGORA_DEPLOYMENTS",
                                                     "AGORA_PASSWORD")})
-        self.py = [sys.executable, "-m", "marketplace.cli"]
-
-    def cli(self, *args: str) -> Any:
-        out = subprocess.run([*self.py, *args, "--json"], env=self.env, capture_output=True, text=True, check=True)
-        return json.loads(out.stdout)
 
     def start(self) -> None:
         self.say("setup: deploying, importing keys, building example blobs")
-        self.cli("deploy")
+        self.stack.deploy()
         names = ["requester"] + [f"prov{i}" for i in range(PROVIDERS)]
-        for i, name in enumerate(names, start=1):
-            kf = self.tmp / f"{name}.key"
-            kf.write_text(self.chain.dev_private_keys[i] + "\n")
-            self.cli("wallet", "import", name, "--private-key-file", str(kf))
-            kf.unlink()
-        subprocess.run([sys.executable, str(ROOT / "scripts" / "make_examples.py"), "--store",
-                        str(self.tmp / "home" / "blobs"), "--out", str(self.tmp / "specs")], env=self.env,
-                       check=True, capture_output=True)
-        boot = _Proc("bootstrap", [*self.py, "p2p", "bootstrap", "--listen", "/ip4/127.0.0.1/tcp/0", "--json"],
-                     self.env, self.tmp / "bootstrap.log")
-        self.procs.append(boot)
-        self.bootstrap = boot.ready["addrs"][0]
+        self.stack.import_keys({name: self.chain.dev_private_keys[i] for i, name in enumerate(names, start=1)})
+        self.stack.make_examples()
+        self.bootstrap = self.stack.start_bootstrap()
         for i in range(PROVIDERS):
-            cfg = self.tmp / f"prov{i}.yaml"
             prices = {"train": "1", "evaluate": "1", "collab": "0.1"}
-            cfg.write_text(json.dumps({"account": f"prov{i}", "bootstrap": [self.bootstrap], "stake": "1000",
-                                       "collateral": "1", "capacity": 2, "prices": prices,
-                                       "kinds": sorted(prices), "ops_port": -1}))
             self.say(f"setup: starting provider {i}")
-            self.procs.append(_Proc(f"prov{i}", [*self.py, "node", "run", "--config", str(cfg)], self.env,
-                                    self.tmp / f"prov{i}.log"))
+            self.stack.start_node(f"prov{i}", {"stake": "1000", "collateral": "1", "capacity": 2, "prices": prices,
+                                               "kinds": sorted(prices), "ops_port": -1}, args=())
 
     def close(self) -> None:
-        for p in reversed(self.procs):
-            p.stop()
+        self.stack.close()
         self.chain.__exit__(None, None, None)
 
 
@@ -156,7 +125,7 @@ def collab_section(net: Net, *, ms: list[int], rounds: int) -> dict[str, Any]:
 
     market, store, blobs, _ = _requester(net.tmp)
     base = yaml.safe_load((net.tmp / "specs" / "collab" / "mlp-collab.yaml").read_text())
-    test = _make_examples_module().collab_test_blobs()
+    test = collab_test_blobs()
     x_test = load_tensors(blobs.get_bytes(test["inputs"]))
     y_test = load_tensors(blobs.get_bytes(test["labels"]))
     runs: dict[int, dict[str, Any]] = {}

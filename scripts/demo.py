@@ -23,17 +23,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import signal
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from marketplace.chain import LocalChain
+from marketplace.devstack import CliError, LocalStack
 from marketplace.types import from_wei
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -51,70 +48,15 @@ JOBS = [  # (label, spec, replicas, max price per replica)
 ]
 
 
-class Proc:
-    """A long-running `agora` process whose first stdout line is a JSON ready record."""
-
-    def __init__(self, name: str, argv: list[str], env: dict[str, str], logdir: Path, timeout: float = 120) -> None:
-        self.name = name
-        self.log = (logdir / f"{name}.log").open("w")
-        self.proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=self.log, text=True,
-                                     cwd=env["DEMO_CWD"])
-        self.ready = self._read_ready(timeout)
-        threading.Thread(target=self._drain, args=(self.proc.stdout,), daemon=True).start()
-
-    def _read_ready(self, timeout: float) -> dict[str, Any]:
-        deadline = time.time() + timeout
-        assert self.proc.stdout is not None
-        box: dict[str, Any] = {}
-
-        def read() -> None:
-            for line in self.proc.stdout:  # type: ignore[union-attr]
-                line = line.strip()
-                if line.startswith("{"):
-                    try:
-                        rec = json.loads(line)
-                    except ValueError:
-                        continue
-                    if rec.get("event") == "ready":
-                        box["ready"] = rec
-                        return
-
-        t = threading.Thread(target=read, daemon=True)
-        t.start()
-        t.join(max(0.0, deadline - time.time()))
-        if "ready" not in box:
-            self.stop()
-            raise SystemExit(f"demo: {self.name} did not start within {timeout:.0f} s; see {self.log.name}")
-        return box["ready"]
-
-    @staticmethod
-    def _drain(stream: IO[str] | None) -> None:
-        for _ in stream or ():
-            pass
-
-    def stop(self, timeout: float = 15) -> int | None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log.close()
-        return self.proc.returncode
-
-
-def agora(env: dict[str, str], *args: str, account: str | None = None, quiet: bool = False) -> Any:
-    argv = [sys.executable, "-m", "marketplace.cli", *args, "--json"]
-    if account:
-        argv += ["--account", account]
+def agora(stack: LocalStack, *args: str, account: str | None = None, quiet: bool = False) -> Any:
+    """One `agora ... --json` step, echoed as the user would type it; the demo stops if it fails."""
     if not quiet:
         shown = " ".join(a if len(a) < 60 else a[:24] + "…" for a in args)
         print(f"  $ agora {shown}" + (f" --account {account}" if account else ""), flush=True)
-    proc = subprocess.run(argv, env=env, capture_output=True, text=True, cwd=env["DEMO_CWD"])
-    if proc.returncode != 0:
-        raise SystemExit(f"demo step failed: agora {' '.join(args)}\n{proc.stderr.strip()}\n{proc.stdout.strip()}")
-    return json.loads(proc.stdout)
+    try:
+        return stack.cli(*args, account=account)
+    except CliError as err:
+        raise SystemExit(f"demo step failed: {err}") from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -125,20 +67,16 @@ def main(argv: list[str] | None = None) -> int:
     say = (lambda *_a, **_k: None) if args.json else print
     t0 = time.time()
     tmp = Path(tempfile.mkdtemp(prefix="agora-demo-"))
-    procs: list[Proc] = []
     try:
         with LocalChain("anvil") as chain:
-            env = {**os.environ, "AGORA_RPC": chain.rpc_url, "AGORA_HOME": str(tmp / "home"),
-                   "AGORA_DEPLOYMENTS": str(tmp / "deployments"), "AGORA_PASSWORD": "demo-password",
-                   "DEMO_CWD": str(tmp), "PYTHONUNBUFFERED": "1"}
-            report = run_demo(env, chain, tmp, procs, say, quiet=args.json)
-            say("\n== stopping nodes (SIGTERM)")
-            codes = {p.name: p.stop() for p in reversed(procs)}
-            procs.clear()
+            stack = LocalStack.create(chain.rpc_url, tmp, password="demo-password")
+            try:
+                report = run_demo(stack, chain, say, quiet=args.json)
+                say("\n== stopping nodes (SIGTERM)")
+            finally:
+                codes = stack.close()
             report["exit_codes"] = codes
     finally:
-        for p in procs:
-            p.stop()
         if not args.keep:
             import shutil
 
@@ -153,48 +91,37 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if all(c == 0 for c in report["exit_codes"].values()) else 1
 
 
-def run_demo(env: dict[str, str], chain: LocalChain, tmp: Path, procs: list[Proc], say: Any,
-             quiet: bool) -> dict[str, Any]:
-    logs = tmp / "logs"
-    logs.mkdir()
-    py = [sys.executable, "-m", "marketplace.cli"]
+def run_demo(stack: LocalStack, chain: LocalChain, say: Any, quiet: bool) -> dict[str, Any]:
+    tmp = stack.tmp
     say(f"== anvil on {chain.rpc_url}; deploying")
-    dep = agora(env, "deploy", quiet=quiet)
+    dep = agora(stack, "deploy", quiet=quiet)
     say("== importing dev keys into keystores")
-    addr: dict[str, str] = {}
-    for i, name in enumerate(NAMES):
-        keyfile = tmp / f"{name}.key"
-        keyfile.write_text(chain.dev_private_keys[i] + "\n")
-        agora(env, "wallet", "import", name, "--private-key-file", str(keyfile), quiet=True)
-        keyfile.unlink()
-        addr[name] = agora(env, "wallet", "address", name, quiet=True)["address"]
+    addr = stack.import_keys({name: chain.dev_private_keys[i] for i, name in enumerate(NAMES)})
     say("== example datasets and weights into alice's blob store")
-    subprocess.run([sys.executable, str(ROOT / "scripts" / "make_examples.py"), "--store",
-                    str(tmp / "home" / "blobs"), "--out", str(tmp / "specs")], env=env, check=True,
-                   capture_output=True)
+    stack.make_examples()
 
     say("== bootstrap node")
-    boot = Proc("bootstrap", [*py, "p2p", "bootstrap", "--listen", "/ip4/127.0.0.1/tcp/0", "--json"], env, logs)
-    procs.append(boot)
-    bootstrap = boot.ready["addrs"][0]
+    try:
+        bootstrap = stack.start_bootstrap(120)
+    except RuntimeError as err:
+        raise SystemExit(f"demo: {err}") from None
     say(f"   {bootstrap}")
     say("== three provider nodes (each registers with 100 AGORA stake)")
     for name, (prices, collateral) in PROVIDERS.items():
-        cfg = tmp / f"{name}.yaml"
-        cfg.write_text(json.dumps({"account": name, "bootstrap": [bootstrap], "prices": prices,
-                                   "collateral": collateral, "stake": "100", "capacity": 2,
-                                   "ops_port": 0, "auto_withdraw": "1"}))
-        node = Proc(name, [*py, "node", "run", "--config", str(cfg), "--log-format", "json"], env, logs, 300)
-        procs.append(node)
+        try:
+            node = stack.start_node(name, {"prices": prices, "collateral": collateral, "stake": "100",
+                                           "capacity": 2, "ops_port": 0, "auto_withdraw": "1"}, 300)
+        except RuntimeError as err:
+            raise SystemExit(f"demo: {err}") from None
         say(f"   {name} {node.ready['address']}  peer {node.ready['peer_id'][:16]}…  ops {node.ready.get('ops')}")
-    before = {n: agora(env, "token", "balance", addr[n], quiet=True) for n in NAMES}
+    before = {n: agora(stack, "token", "balance", addr[n], quiet=True) for n in NAMES}
 
     results = []
     for label, spec, k, max_price in JOBS:
         say(f"\n== {label}: {spec}, max price {max_price} AGORA per replica")
         spec_path = tmp / "specs" / Path(spec).name
         started = time.time()
-        out = agora(env, "job", "submit", str(spec_path), "--replicas", str(k), "--max-price", max_price,
+        out = agora(stack, "job", "submit", str(spec_path), "--replicas", str(k), "--max-price", max_price,
                     "--bootstrap", bootstrap, "--approve", "--wait", "--out", str(tmp / "results" / label.split()[0]),
                     account="alice", quiet=quiet)
         out["label"] = label
@@ -203,11 +130,11 @@ def run_demo(env: dict[str, str], chain: LocalChain, tmp: Path, procs: list[Proc
         say(f"   {out.get('explanation', {}).get('summary', '')}")
         if (out.get("settlement") or {}).get("outcome") != "completed":
             raise SystemExit(f"demo: {label} did not complete: {out.get('error') or out.get('settlement')}")
-    pipeline = run_pipeline(env, tmp, bootstrap, say, quiet)
-    collab = run_collab(env, tmp, bootstrap, say, quiet)
+    pipeline = run_pipeline(stack, bootstrap, say, quiet)
+    collab = run_collab(stack, bootstrap, say, quiet)
     time.sleep(2)  # let auto-withdraw transactions land
-    after = {n: agora(env, "token", "balance", addr[n], quiet=True) for n in NAMES}
-    collab_after = {n: agora(env, "collab", "balance", addr[n], quiet=True) for n in NAMES}
+    after = {n: agora(stack, "token", "balance", addr[n], quiet=True) for n in NAMES}
+    collab_after = {n: agora(stack, "collab", "balance", addr[n], quiet=True) for n in NAMES}
     moves = {n: int(after[n]["token_wei"]) - int(before[n]["token_wei"]) for n in NAMES}
     market = {n: int(after[n]["market_balance_wei"]) - int(before[n]["market_balance_wei"]) for n in NAMES}
     return {"deployment": dep, "providers": {n: addr[n] for n in PROVIDERS}, "jobs": results,
@@ -217,15 +144,16 @@ def run_demo(env: dict[str, str], chain: LocalChain, tmp: Path, procs: list[Proc
             "collab_delta_wei": {n: collab_after[n]["collab_balance_wei"] for n in NAMES}, "addresses": addr}
 
 
-def run_pipeline(env: dict[str, str], tmp: Path, bootstrap: str, say: Any, quiet: bool) -> dict[str, Any]:
+def run_pipeline(stack: LocalStack, bootstrap: str, say: Any, quiet: bool) -> dict[str, Any]:
     """The example pipeline (train, then evaluate the trained weights), its specs beside it as in the repo."""
+    tmp = stack.tmp
     src = ROOT / "examples" / "pipelines" / "mlp-train-evaluate.yaml"
     (tmp / "pipelines").mkdir(exist_ok=True)
     pipe = tmp / "pipelines" / src.name
     pipe.write_text(src.read_text())  # `spec: ../specs/...` resolves to the specs made in tmp/specs
     say(f"\n== pipeline: {src.relative_to(ROOT)}")
     started = time.time()
-    out = agora(env, "pipeline", "run", str(pipe), "--state", str(tmp / "pipeline-state"), "--approve",
+    out = agora(stack, "pipeline", "run", str(pipe), "--state", str(tmp / "pipeline-state"), "--approve",
                 "--bootstrap", bootstrap, account="alice", quiet=quiet)
     out["wall_s"] = round(time.time() - started, 2)
     for st in out.get("stages", []):
@@ -236,10 +164,11 @@ def run_pipeline(env: dict[str, str], tmp: Path, bootstrap: str, say: Any, quiet
     return out
 
 
-def run_collab(env: dict[str, str], tmp: Path, bootstrap: str, say: Any, quiet: bool) -> dict[str, Any]:
+def run_collab(stack: LocalStack, bootstrap: str, say: Any, quiet: bool) -> dict[str, Any]:
     """The example collaborative job, shortened to COLLAB_ROUNDS rounds over the three providers."""
     import yaml
 
+    tmp = stack.tmp
     doc = yaml.safe_load((tmp / "specs" / "collab" / "mlp-collab.yaml").read_text())
     doc.update(participants=len(PROVIDERS), rounds=COLLAB_ROUNDS)
     spec = tmp / "collab-demo.yaml"
@@ -247,7 +176,7 @@ def run_collab(env: dict[str, str], tmp: Path, bootstrap: str, say: Any, quiet: 
     say(f"\n== collaborative training: examples/collab/mlp-collab.yaml, {len(PROVIDERS)} providers, "
         f"{COLLAB_ROUNDS} rounds")
     started = time.time()
-    out = agora(env, "collab", "run", str(spec), "--max-price", "0.5", "--bootstrap", bootstrap,
+    out = agora(stack, "collab", "run", str(spec), "--max-price", "0.5", "--bootstrap", bootstrap,
                 "--out", str(tmp / "results" / "collab"), account="alice", quiet=quiet)
     out["wall_s"] = round(time.time() - started, 2)
     for r in out["rounds"]:

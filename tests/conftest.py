@@ -5,6 +5,9 @@
 - `evm_snapshot`: `evm_snapshot` before the test, `evm_revert` after, so tests sharing anvil stay isolated.
 - `ganache_chain`, `hardhat_chain`: one per test module, started on demand.
 Every chain process LocalChain started is stopped at the end of the session, whatever happened.
+
+A test that uses a chain fixture (directly or through another fixture) is marked `integration` at collection,
+so the fast lane, `pytest -m "not integration"`, never starts a chain.
 """
 
 from __future__ import annotations
@@ -18,6 +21,17 @@ from marketplace.chain import LocalChain, live_chains, rpc_call, stop_all
 
 if TYPE_CHECKING:
     from web3 import Web3
+
+
+#: Fixtures that start a chain: a test needing one (directly or through another fixture) is an integration test.
+CHAIN_FIXTURES = frozenset({"anvil", "w3", "evm_snapshot", "ganache_chain", "hardhat_chain"})
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marker
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if CHAIN_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.integration)
 
 
 def _run_chain(kind: str) -> Iterator[LocalChain]:

@@ -67,7 +67,7 @@ def spec_template(kind: str, arch: str = "mlp@1") -> str:
     ]
     needs_weights = kind != "train" and not a.pretrained
     if needs_weights:
-        L.append(f"  weights: {PLACEHOLDER}  # safetensors blob of parameters (node.models names); "
+        L.append(f"  weights: {PLACEHOLDER}  # safetensors blob of parameters (node.runtime.models names); "
                  + ("finetuning starts from them" if kind == "finetune" else "omit to use the portable seeded init"))
     elif kind == "train":
         L.append(f"  # weights: {PLACEHOLDER}  # optional starting parameters; omitted: portable seeded init")

@@ -1,4 +1,7 @@
-"""Process helpers of tests/integration/test_market.py: the whole market as separate processes on one anvil.
+"""Process helpers of the market tests: the whole market as separate processes on one anvil.
+
+The process pieces (`Proc`, `NodeProc`, `wait_until`, ready lines, metrics, log tails) are
+`marketplace.devstack`'s; this module adds the test actors, the adversary nodes and the requester's database.
 
 `MarketNet` owns a fresh deployment on the session anvil, one AGORA_HOME with a keystore per dev account, the
 example blobs in the requester's store, and a bootstrap node. It starts provider nodes (`agora node run`, or
@@ -13,18 +16,13 @@ from __future__ import annotations
 
 import json
 import os
-import select
 import signal
 import sqlite3
 import subprocess
 import sys
-import threading
-import time
-import urllib.request
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from eth_account import Account
 
@@ -32,6 +30,8 @@ from marketplace import wallet
 from marketplace.chain import DEV_ACCOUNTS, time_travel
 from marketplace.client import ChainClient, connect
 from marketplace.deploy import deploy
+from marketplace.devstack import NodeProc, Proc, agora_argv, log_tail, wait_until
+from marketplace.examples import make_examples
 from marketplace.market import Market
 from marketplace.types import to_wei
 
@@ -47,125 +47,6 @@ STAKE = "100"
 #: inside a fallback window leaves every party many wall seconds to act before the window closes.
 SETTLE_MARGIN_S = 15
 WINDOW_S = 40
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float, what: str, every: float = 0.3) -> Any:
-    """Poll `predicate` until it returns something truthy (returned); AssertionError naming `what` on timeout.
-
-    The timeout only guards against a hang; no test asserts on how long anything took."""
-    end = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(every)
-
-
-class Proc:
-    """A long-running `agora` process whose stdout's first JSON line is its ready record; stderr goes to a log."""
-
-    def __init__(self, name: str, argv: list[str], env: dict[str, str], cwd: Path, log: Path) -> None:
-        self.name, self.argv, self.env, self.cwd, self.log = name, argv, env, cwd, log
-        self.proc: subprocess.Popen[str] | None = None
-        self.ready: dict[str, Any] = {}
-
-    def start(self, timeout: float = 240) -> Proc:
-        return self.launch().wait_ready(timeout)
-
-    def launch(self) -> Proc:
-        """Start the process without waiting (several nodes start in parallel; see wait_ready)."""
-        with open(self.log, "a") as err:
-            self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err,
-                                         text=True, env=self.env, cwd=self.cwd)
-        return self
-
-    def wait_ready(self, timeout: float = 240) -> Proc:
-        try:
-            self.ready = self._read_ready(timeout)
-        except RuntimeError as exc:
-            self.stop(signal.SIGKILL)
-            raise RuntimeError(f"{self.name}: {exc}\n{self.log_tail()}") from None
-        threading.Thread(target=self._drain, args=(self.proc.stdout,), daemon=True).start()
-        return self
-
-    def _read_ready(self, timeout: float) -> dict[str, Any]:
-        assert self.proc is not None and self.proc.stdout is not None
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([self.proc.stdout], [], [], 0.2)
-            if ready:
-                line = self.proc.stdout.readline()
-                if line.startswith("{"):
-                    rec = json.loads(line)
-                    if rec.get("event") == "ready":
-                        return dict(rec)
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"exited with {self.proc.returncode} before it was ready")
-        raise RuntimeError(f"printed no ready line within {timeout} s")
-
-    @staticmethod
-    def _drain(stream: IO[str] | None) -> None:
-        for _ in stream or ():
-            pass
-
-    @property
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int | None:
-        """Send `sig` (SIGKILL: dies on the spot) and reap; escalates to SIGKILL if it does not exit."""
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        return self.proc.returncode
-
-    def log_tail(self, n: int = 4000) -> str:
-        return self.log.read_text(errors="replace")[-n:] if self.log.exists() else ""
-
-
-class NodeProc(Proc):
-    """A provider node (`agora node run` or an adversary), with its operations endpoints."""
-
-    def get(self, path: str) -> Any:
-        with urllib.request.urlopen(self.ready["ops"] + path, timeout=10) as resp:
-            return json.loads(resp.read())
-
-    def metric(self, name: str, **labels: str) -> float:
-        """One sample of the node's /metrics (0 when absent)."""
-        want = name + ("{" + ",".join(f'{k}="{v}"' for k, v in sorted(labels.items())) + "}" if labels else "")
-        with urllib.request.urlopen(self.ready["ops"] + "/metrics", timeout=10) as resp:
-            for line in resp.read().decode().splitlines():
-                if line.startswith(want + " "):
-                    return float(line.split()[-1])
-        return 0.0
-
-    def jobs(self) -> list[dict[str, Any]]:
-        return list(self.get("/jobs"))
-
-    def job(self, job_id: str) -> dict[str, Any] | None:
-        return next((j for j in self.jobs() if j["job_id"] == job_id.lower()), None)
-
-    def wait_job(self, timeout: float = 120, *, job_id: str | None = None,
-                 states: tuple[str, ...] = ()) -> dict[str, Any]:
-        """The node's row of `job_id` (or its newest job) once its state is one of `states` (any when empty)."""
-        def look() -> dict[str, Any] | None:
-            if not self.running:
-                raise AssertionError(f"{self.name} exited with {self.proc.returncode if self.proc else None}:\n"
-                                     f"{self.log_tail()}")
-            rows = self.jobs()
-            row = next((j for j in rows if j["job_id"] == job_id.lower()), None) if job_id else (
-                rows[0] if rows else None)
-            return row if row is not None and (not states or row["state"] in states) else None
-
-        return wait_until(look, timeout, f"{self.name}'s job {job_id or '(any)'} in state {states or 'any'}")
 
 
 @dataclass
@@ -210,13 +91,12 @@ class MarketNet:
         for var in ("AGORA_ACCOUNT", "AGORA_BOOTSTRAP"):
             env.pop(var, None)
         (tmp / "logs").mkdir()
-        subprocess.run([sys.executable, str(ROOT / "scripts" / "make_examples.py"), "--store", str(home / "blobs"),
-                        "--out", str(tmp / "specs")], env=env, check=True, capture_output=True, cwd=tmp)
+        make_examples(home / "blobs", tmp / "specs")
         return cls(tmp=tmp, rpc=rpc, market=alice, env=env, spec=tmp / "specs" / "mlp-inference.yaml",
                    addresses={n: accounts[i].address for n, i in ACCOUNTS.items()})
 
     def start_bootstrap(self) -> None:
-        self.boot = Proc("bootstrap", [sys.executable, "-m", "marketplace.cli", "p2p", "bootstrap", "--json"],
+        self.boot = Proc("bootstrap", agora_argv("p2p", "bootstrap", "--json"),
                          self.env, self.tmp, self.tmp / "logs" / "bootstrap.log").start()
         self.procs.append(self.boot)
         self.bootstrap = self.boot.ready["addrs"][0]
@@ -239,7 +119,7 @@ class MarketNet:
         if adversary:
             argv = [sys.executable, str(Path(__file__).with_name("_adversary.py")), adversary, *args]
         else:
-            argv = [sys.executable, "-m", "marketplace.cli", *args]
+            argv = agora_argv(*args)
         node = NodeProc(name, argv, self.env, self.tmp, self.tmp / "logs" / f"{name}.log")
         self.procs.append(node)
         return node
@@ -321,8 +201,7 @@ class MarketNet:
             node.stop(signal.SIGKILL)
 
     def log_tail(self, name: str, n: int = 6000) -> str:
-        path = self.tmp / "logs" / f"{name}.log"
-        return path.read_text(errors="replace")[-n:] if path.exists() else ""
+        return log_tail(self.tmp / "logs" / f"{name}.log", n)
 
     # ------------------------------------------------------------------ chain
     def now(self) -> int:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,6 +24,7 @@ from marketplace.chain import time_travel
 from marketplace.client import ChainClient, connect
 from marketplace.deploy import deploy
 from marketplace.deployment import Deployment
+from marketplace.devstack import check_conservation
 from marketplace.eip712 import BID_TYPES, sign_bid
 from marketplace.eip712 import domain as eip712_domain
 from marketplace.errors import InsufficientFundsError, TransactionRevertedError
@@ -244,24 +245,27 @@ class Stack:
     def assert_conserved(self) -> None:
         """token(market) + token(registry) == live escrow + market balances + providers' stake + unbonding."""
         snap = self.balances()
-        held = snap["token:market"] + snap["token:registry"]
-        owed = (self.live_escrow() + sum(snap[f"mbal:{n}"] for n in self.actors)
-                + sum(snap[f"stake:p{i}"] + snap[f"unbonding:p{i}"] for i in range(len(self.providers))))
-        assert held == owed, f"conservation broken: tokens held {held} != owed {owed}"
-        # The two contracts' own invariants, separately.
-        assert snap["token:registry"] == sum(snap[f"stake:p{i}"] + snap[f"unbonding:p{i}"]
-                                             for i in range(len(self.providers)))
+        check_conservation(market_tokens=snap["token:market"], registry_tokens=snap["token:registry"],
+                           escrow=self.live_escrow(), market_balances=[snap[f"mbal:{n}"] for n in self.actors],
+                           stakes=[(snap[f"stake:p{i}"], snap[f"unbonding:p{i}"])
+                                   for i in range(len(self.providers))])
 
     # ------------------------------------------------------------ failures
     @contextmanager
-    def reverts(self, error_name: str) -> Iterator[Any]:
-        """Expect TransactionRevertedError named `error_name`, no balance moved and no transaction mined
-        (the facade simulates first and sends nothing that would revert)."""
-        before, block = self.balances(), self.w3.eth.block_number
-        with pytest.raises(TransactionRevertedError) as info:
+    def reverts(self, error_name: str, *, snapshot: Callable[[], Any] | None = None,
+                errors: type[Exception] | tuple[type[Exception], ...] = TransactionRevertedError,
+                one_line: bool = False) -> Iterator[Any]:
+        """Expect an error of `errors` (TransactionRevertedError) named `error_name`, nothing moved (`snapshot`
+        unchanged, default `balances`) and no transaction mined (the facade simulates first and sends nothing
+        that would revert). `one_line`: the error's message is also a single line."""
+        snap = snapshot or self.balances
+        before, block = snap(), self.w3.eth.block_number
+        with pytest.raises(errors) as info:
             yield info
-        assert info.value.error_name == error_name, f"expected {error_name}, got {info.value!r}"
-        assert self.balances() == before
+        assert getattr(info.value, "error_name", None) == error_name, f"expected {error_name}, got {info.value!r}"
+        if one_line:
+            assert "\n" not in str(info.value)
+        assert snap() == before
         assert self.w3.eth.block_number == block
 
     @contextmanager
@@ -297,6 +301,23 @@ def build_stack(rpc_url: str) -> Stack:
     requester.approve(deployment.market, W(1_000_000))
     return Stack(rpc_url=rpc_url, w3=w3, deployment=deployment, deployer=market(0), requester=requester,
                  providers=providers, outsider=market(OUTSIDER_INDEX), pauper=market(PAUPER_INDEX), keys=keys)
+
+
+@pytest.fixture
+def conserving(stack: Stack) -> list[Any]:
+    """What the `conserved` fixture checks: objects with `assert_conserved()`. A module overrides this fixture
+    to name its own (another chain's stack, the collab contract)."""
+    return [stack]
+
+
+@pytest.fixture
+def conserved(conserving: list[Any]) -> Iterator[None]:
+    """The conservation invariant holds before and after the test (use with `pytest.mark.usefixtures`)."""
+    for party in conserving:
+        party.assert_conserved()
+    yield
+    for party in conserving:
+        party.assert_conserved()
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -91,20 +92,31 @@ def test_w3_fixture(w3, anvil: LocalChain) -> None:  # type: ignore[no-untyped-d
     assert w3.eth.get_balance(DEV0) > 0
 
 
-_seen: dict[str, int] = {}
+def _block(anvil: LocalChain) -> int:
+    return int(rpc_call(anvil.rpc_url, "eth_blockNumber"), 16)
+
+
+@pytest.fixture
+def block_before_snapshot(anvil: LocalChain) -> Iterator[int]:
+    """Requested before `evm_snapshot`, so set up before it and torn down after it: yields the block number
+    before the snapshot, and fails the test if `evm_snapshot`'s teardown did not bring it back."""
+    block = _block(anvil)
+    yield block
+    assert _block(anvil) == block, "evm_snapshot did not revert the blocks its test mined"
 
 
 def test_evm_snapshot_changes_state(evm_snapshot: str, anvil: LocalChain) -> None:
-    _seen["block"] = int(rpc_call(anvil.rpc_url, "eth_blockNumber"), 16)
+    block = _block(anvil)
     for _ in range(3):
         mine(anvil.rpc_url)
-    assert int(rpc_call(anvil.rpc_url, "eth_blockNumber"), 16) == _seen["block"] + 3
+    assert _block(anvil) == block + 3
 
 
-def test_evm_snapshot_reverted_previous_test(evm_snapshot: str, anvil: LocalChain) -> None:
-    if "block" not in _seen:
-        pytest.skip("runs after test_evm_snapshot_changes_state")
-    assert int(rpc_call(anvil.rpc_url, "eth_blockNumber"), 16) == _seen["block"]
+def test_evm_snapshot_reverts_the_blocks_its_test_mined(block_before_snapshot: int, evm_snapshot: str,
+                                                        anvil: LocalChain) -> None:
+    for _ in range(3):
+        mine(anvil.rpc_url)
+    assert _block(anvil) == block_before_snapshot + 3  # reverted at teardown (checked by block_before_snapshot)
 
 
 def test_ganache_fixture(ganache_chain: LocalChain) -> None:

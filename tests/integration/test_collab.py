@@ -28,10 +28,11 @@ from marketplace.blobs import BlobStore  # noqa: E402
 from marketplace.client import ChainClient  # noqa: E402
 from marketplace.collab.chain import CollabChain  # noqa: E402
 from marketplace.collab.spec import load_collab_spec  # noqa: E402
+from marketplace.devstack import NodeProc, wait_until  # noqa: E402
 from marketplace.tensors import load_tensors  # noqa: E402
 from marketplace.types import to_wei  # noqa: E402
 
-from _market_procs import MarketNet, NodeProc, wait_until  # noqa: E402
+from _market_procs import MarketNet  # noqa: E402
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
@@ -113,18 +114,12 @@ def by_name(net: MarketNet, report: dict[str, Any]) -> dict[str, dict[str, Any]]
 
 
 def final_accuracy(net: MarketNet, spec_path: Path, model_file: Path) -> float:
-    import importlib.util
-
+    from marketplace.examples import collab_test_blobs
     from node.runtime.collab import evaluate_accuracy
 
-    path = Path(__file__).resolve().parents[2] / "scripts" / "make_examples.py"
-    mod_spec = importlib.util.spec_from_file_location("_make_examples", path)
-    assert mod_spec is not None and mod_spec.loader is not None
-    make_examples = importlib.util.module_from_spec(mod_spec)
-    mod_spec.loader.exec_module(make_examples)
     spec = load_collab_spec(spec_path)
     store = BlobStore(Path(net.env["AGORA_HOME"]) / "blobs")
-    ids = make_examples.collab_test_blobs()
+    ids = collab_test_blobs()
     x = load_tensors(store.get_bytes(ids["inputs"]))
     y = load_tensors(store.get_bytes(ids["labels"]))
     return evaluate_accuracy(spec.model, load_tensors(model_file.read_bytes()), x, y)

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -37,7 +37,7 @@ from marketplace.types import to_wei
 if TYPE_CHECKING:
     from conftest import Stack  # tests/integration/conftest.py
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("conserved")]
 
 W = to_wei
 MODEL = b"\x4d" * 32
@@ -113,16 +113,10 @@ class Collab:
         owed = sum(self.requester.balance(a) for a in accounts)
         assert held == owed + live, f"collab conservation broken: holds {held}, owes {owed} + {live} escrow"
 
-    @contextmanager
-    def reverts(self, error_name: str) -> Iterator[Any]:
-        """Expect a project error named `error_name`, with nothing moved and no block mined."""
-        before, block = self.snapshot(), self.s.w3.eth.block_number
-        with pytest.raises((TransactionRevertedError, InsufficientFundsError)) as info:
-            yield info
-        assert info.value.error_name == error_name, f"expected {error_name}, got {info.value!r}"
-        assert "\n" not in str(info.value)
-        assert self.snapshot() == before
-        assert self.s.w3.eth.block_number == block
+    def reverts(self, error_name: str) -> AbstractContextManager[Any]:
+        """Expect a project error named `error_name` (one line), with nothing moved and no block mined."""
+        return self.s.reverts(error_name, snapshot=self.snapshot,
+                              errors=(TransactionRevertedError, InsufficientFundsError), one_line=True)
 
 
 @pytest.fixture(scope="module")
@@ -133,12 +127,10 @@ def cx(stack: Stack) -> Collab:
                   providers=[chains[f"p{i}"] for i in range(len(stack.providers))])
 
 
-@pytest.fixture(autouse=True)
-def _conserved(cx: Collab) -> Iterator[None]:
-    cx.assert_conserved()
-    yield
-    cx.assert_conserved()
-    cx.s.assert_conserved()  # the JobMarket side is untouched
+@pytest.fixture
+def conserving(cx: Collab) -> list[Any]:
+    """The `conserved` fixture (every test here) checks the collab contract and the JobMarket side."""
+    return [cx, cx.s]
 
 
 # ---------------------------------------------------------------- ids, digests, deployment

@@ -20,18 +20,11 @@ from marketplace.types import Assignment, JobPhase, commitment_for, to_wei
 if TYPE_CHECKING:
     from conftest import Opened, Stack  # tests/integration/conftest.py
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("conserved")]
 
 W = to_wei
 RESULT = b"\x42" * 32
 OTHER = b"\x43" * 32
-
-
-@pytest.fixture(autouse=True)
-def _conserved(stack: Stack):
-    stack.assert_conserved()
-    yield
-    stack.assert_conserved()
 
 
 def submitted(s: Stack, window: int = 60) -> Opened:

@@ -17,20 +17,13 @@ from marketplace.types import JobPhase, Outcome, commitment_for, to_wei
 if TYPE_CHECKING:
     from conftest import Stack  # tests/integration/conftest.py (fixtures reach tests through `stack`)
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("conserved")]
 
 W = to_wei
 RESULT = b"\x42" * 32
 WRONG = b"\x66" * 32
 OTHER = b"\x43" * 32
 THIRD = b"\x44" * 32
-
-
-@pytest.fixture(autouse=True)
-def _conserved(stack: Stack):
-    stack.assert_conserved()
-    yield
-    stack.assert_conserved()
 
 
 def settled(stack: Stack, job_id: bytes, outcome: Outcome) -> dict:

@@ -13,7 +13,7 @@ from marketplace.types import JobPhase, Outcome, to_wei
 if TYPE_CHECKING:
     from conftest import Stack  # tests/integration/conftest.py
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("conserved")]
 
 W = to_wei
 RESULT = b"\x42" * 32
@@ -26,11 +26,10 @@ def other(request: pytest.FixtureRequest) -> Stack:
     return s
 
 
-@pytest.fixture(autouse=True)
-def _conserved(other: Stack):
-    other.assert_conserved()
-    yield
-    other.assert_conserved()
+@pytest.fixture
+def conserving(other: Stack) -> list[Stack]:
+    """The `conserved` fixture (every test here) checks the other chain's stack."""
+    return [other]
 
 
 def test_k1_accept_and_withdraw(other: Stack) -> None:

@@ -50,6 +50,7 @@ from marketplace.chain import DEV_ACCOUNTS, LocalChain, rpc_call
 from marketplace.client import ChainClient, connect
 from marketplace.deploy import deploy
 from marketplace.deployment import MarketParams
+from marketplace.devstack import check_conservation
 from marketplace.errors import AgoraError, InsufficientFundsError, TransactionRevertedError
 from marketplace.types import (
     ZERO32,
@@ -896,11 +897,9 @@ class MarketMachine(RuleBasedStateMachine):
     def chain_matches_model(self) -> None:
         snap = self.world.read()
         # (1) conservation, from the chain's own numbers plus the model's live escrow.
-        held = snap[("tok", "market")] + snap[("tok", "registry")]
-        owed = (self.m.escrow() + sum(snap[("mbal", a)] for a in EVERYONE)
-                + sum(snap[("stake", a)] + snap[("unbonding", a)] for a in EVERYONE))
-        assert held == owed, f"conservation broken: held {held} != owed {owed}"
-        assert snap[("tok", "registry")] == sum(snap[("stake", a)] + snap[("unbonding", a)] for a in EVERYONE)
+        check_conservation(market_tokens=snap[("tok", "market")], registry_tokens=snap[("tok", "registry")],
+                           escrow=self.m.escrow(), market_balances=[snap[("mbal", a)] for a in EVERYONE],
+                           stakes=[(snap[("stake", a)], snap[("unbonding", a)]) for a in EVERYONE])
         # (2) no honest provider was ever slashed.
         for p in PROVIDERS:
             if self.honest(p):

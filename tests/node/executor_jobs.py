@@ -1,6 +1,7 @@
 """A fixed matrix of tiny jobs (every arch x every applicable profile x inference / evaluate / train) for the
 executor determinism tests, plus a runner: `python tests/node/executor_jobs.py --threads N` prints a JSON map
-{job: {output name: sha256 of dtype, shape and bytes}} so separate processes (and kernel sets) can be compared.
+{job: {output name: sha256 of dtype, shape and bytes}} so separate processes (and kernel sets) can be compared
+(with `--values`, also the float32 outputs of the inference jobs, to measure how far they drift).
 """
 
 from __future__ import annotations
@@ -117,6 +118,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch threads for inference / evaluate jobs")
     ap.add_argument("--profiles", default="", help="comma-separated profiles to run (default: all)")
     ap.add_argument("--f32-inference", action="store_true", help="also run float32 inference jobs")
+    ap.add_argument("--values", action="store_true", help="also print the float32 outputs of inference jobs (`values`)")
     args = ap.parse_args()
     import torch
 
@@ -126,9 +128,13 @@ def main() -> None:
         f32_inf = args.f32_inference and spec.kind == "inference"
         return not wanted or spec.determinism in wanted or f32_inf
 
-    result = {name: {k: digest(v) for k, v in run(name, job, args.threads).items()}
-              for name, job in jobs().items() if keep(job[0])}
-    json.dump({"capability": torch.backends.cpu.get_cpu_capability(), "jobs": result}, sys.stdout)
+    outputs = {name: run(name, job, args.threads) for name, job in jobs().items() if keep(job[0])}
+    result = {name: {k: digest(v) for k, v in outs.items()} for name, outs in outputs.items()}
+    doc: dict[str, Any] = {"capability": torch.backends.cpu.get_cpu_capability(), "jobs": result}
+    if args.values:  # inference outputs only (a training job's weights can be millions of numbers)
+        doc["values"] = {name: {k: v.tolist() for k, v in outs.items() if v.dtype == np.float32}
+                         for name, outs in outputs.items() if name.split("/")[1] == "inference"}
+    json.dump(doc, sys.stdout)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import select
 import signal
 import subprocess
 import sys
@@ -34,6 +33,7 @@ from marketplace import wallet  # noqa: E402
 from marketplace.chain import DEV_ACCOUNTS  # noqa: E402
 from marketplace.client import ChainClient, connect  # noqa: E402
 from marketplace.deploy import deploy  # noqa: E402
+from marketplace.devstack import log_tail, metric, read_ready  # noqa: E402
 from marketplace.eip712 import recover_bid_signer  # noqa: E402
 from marketplace.market import Market  # noqa: E402
 from marketplace.p2p import PeerRecord, load_or_create_key, open_host, verify_peer_record  # noqa: E402
@@ -92,10 +92,10 @@ class Node:
             self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err,
                                          text=True, env=self.env, cwd=self.cwd)
         try:
-            self.ready = _read_ready(self.proc, 240)
+            self.ready = read_ready(self.proc, 240)
         except RuntimeError as exc:
             self.stop(signal.SIGKILL)
-            raise RuntimeError(f"{exc}\n{self.log_tail()}") from None
+            raise RuntimeError(f"node {exc}\n{self.log_tail()}") from None
 
     def stop(self, sig: int = signal.SIGKILL) -> int:
         assert self.proc is not None
@@ -117,28 +117,10 @@ class Node:
 
     def metric(self, name: str, **labels: str) -> float:
         """The value of one sample of /metrics (0 when absent)."""
-        want = name + ("{" + ",".join(f'{k}="{v}"' for k, v in sorted(labels.items())) + "}" if labels else "")
-        for line in self.get("/metrics").decode().splitlines():
-            if line.startswith(want + " "):
-                return float(line.split()[-1])
-        return 0.0
+        return metric(self.ready["ops"], name, **labels)
 
     def log_tail(self) -> str:
-        return self.stderr.read_text()[-4000:]
-
-
-def _read_ready(proc: subprocess.Popen[str], timeout: float) -> dict[str, Any]:
-    assert proc.stdout is not None
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([proc.stdout], [], [], 0.2)
-        if ready:
-            line = proc.stdout.readline()
-            if line.startswith("{"):
-                return dict(json.loads(line))
-        if proc.poll() is not None:
-            raise RuntimeError(f"node exited with {proc.returncode} before it was ready")
-    raise RuntimeError(f"node printed no ready line within {timeout} s")
+        return log_tail(self.stderr)
 
 
 @pytest.fixture(scope="module")

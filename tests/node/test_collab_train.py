@@ -12,13 +12,11 @@ What this proves (the network, chain and payments are tested elsewhere):
 
 from __future__ import annotations
 
-import importlib.util
 import random
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -26,6 +24,9 @@ import pytest
 
 pytest.importorskip("torch")
 
+pytestmark = pytest.mark.integration  # starts sandbox worker processes
+
+from marketplace import examples as mx  # noqa: E402
 from marketplace.blobs import BlobStore  # noqa: E402
 from marketplace.collab.aggregate import (  # noqa: E402
     aggregate,
@@ -42,15 +43,6 @@ from node.sandbox import Sandbox  # noqa: E402
 ROOT = Path(__file__).resolve().parents[2]
 COLLAB = ROOT / "examples" / "collab"
 POISON_FACTOR = 1000.0
-
-
-def _make_examples() -> ModuleType:
-    path = ROOT / "scripts" / "make_examples.py"
-    mod_spec = importlib.util.spec_from_file_location("make_examples_collab", path)
-    assert mod_spec and mod_spec.loader
-    mod = importlib.util.module_from_spec(mod_spec)
-    mod_spec.loader.exec_module(mod)
-    return mod
 
 
 @dataclass
@@ -80,7 +72,6 @@ class Run:
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     root = tmp_path_factory.mktemp("collab")
     store = BlobStore(root / "store")
-    mx = _make_examples()
     ids, specs, notes = mx.build_collab(store)
     written = mx.write_collab(root / "specs", specs, notes, ids)
     committed = sorted(p.name for p in COLLAB.glob("*.yaml"))

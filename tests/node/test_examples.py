@@ -11,6 +11,8 @@ import pytest
 
 pytest.importorskip("torch")
 
+pytestmark = pytest.mark.integration  # starts the example builder as a subprocess
+
 from marketplace.blobs import BlobStore  # noqa: E402
 from marketplace.results import verify_result_dir  # noqa: E402
 from marketplace.spec import load_spec  # noqa: E402

@@ -1,4 +1,4 @@
-"""node.executor / node.models: bit-identical outputs across thread counts, processes and CPU kernel sets,
+"""node.runtime.executor / node.runtime.models: bit-identical outputs across thread counts, processes and CPU kernel sets,
 training that learns, divergence that raises, and bad inputs rejected before compute.
 
 The job matrix (every arch x every applicable profile) lives in `executor_jobs.py`, which also runs as a script
@@ -34,18 +34,38 @@ _KERNEL_VARS = ("ATEN_CPU_CAPABILITY", "MKL_CBWR", "ONEDNN_MAX_CPU_ISA", "MKL_EN
 # name -> (extra environment, inference threads, runner options). "native" inherits this process's environment
 # and runs every job; the kernel-set variants run the portable profiles (and what they compare besides).
 VARIANTS: dict[str, tuple[dict[str, str], int, list[str]]] = {
-    "native": ({}, 2, []),
+    "native": ({}, 2, ["--values"]),
     "avx2-machine": ({"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"}, 1,
-                     ["--profiles", "exact-f64,label", "--f32-inference"]),
+                     ["--profiles", "exact-f64,label", "--f32-inference", "--values"]),
     "pinned": (dict(PINNED_ENV), 1, ["--profiles", "exact-f64,label,pinned-f32"]),
     "pinned-b": ({**PINNED_ENV, "MKL_ENABLE_INSTRUCTIONS": "AVX2"}, 2, ["--profiles", "exact-f64,label,pinned-f32"]),
 }
+
+
+#: How far float32 outputs without a bit-identity promise may move between thread counts, runs or kernel sets
+#: (relative and absolute): rounding differences of these tiny models are around 1e-6.
+F32_RTOL, F32_ATOL = 1e-3, 1e-4
 
 
 def _same(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> list[str]:
     """Names whose arrays differ in dtype, shape or any bit."""
     assert set(a) == set(b)
     return [k for k in a if a[k].dtype != b[k].dtype or a[k].shape != b[k].shape or a[k].tobytes() != b[k].tobytes()]
+
+
+def _bit_identical_here(determinism: str) -> bool:
+    """Whether a profile promises identical bits across thread counts in THIS process (README's determinism
+    table): exact-f64 and label always; pinned-f32 only where the float32 kernels are pinned (PINNED_ENV set
+    before torch started); none never."""
+    return determinism in ("exact-f64", "label") or (determinism == "pinned-f32" and kernels_pinned())
+
+
+def _close(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> None:
+    """Same names, dtypes and shapes, values within the float32 bound."""
+    assert set(a) == set(b)
+    for k in a:
+        assert a[k].dtype == b[k].dtype and a[k].shape == b[k].shape, k
+        np.testing.assert_allclose(a[k], b[k], rtol=F32_RTOL, atol=F32_ATOL, err_msg=k)
 
 
 # ---------------------------------------------------------------- one process: threads and repeat runs
@@ -57,11 +77,17 @@ def in_process() -> dict[str, dict[str, np.ndarray]]:
 
 @pytest.mark.parametrize("name", sorted(JOBS))
 def test_repeat_and_thread_count_give_identical_bits(name: str, in_process: dict) -> None:
+    """Profiles that promise it here give identical bits on 1 and 2 threads; the others stay within the float32
+    bound. pinned-f32's promise holds in pinned workers: test_pinned_f32_identical_between_pinned_processes
+    compares 1 and 2 threads there."""
     again = ej.run(name, JOBS[name], threads=1)  # training is pinned to 1 thread; inference now runs on 1 vs 2
-    assert not _same(in_process[name], again), f"{name}: outputs changed between runs / thread counts"
+    spec = JOBS[name][0]
+    if _bit_identical_here(spec.determinism):
+        assert not _same(in_process[name], again), f"{name}: outputs changed between runs / thread counts"
+    else:
+        _close(in_process[name], again)
     for key, arr in again.items():
         assert np.isfinite(arr).all() if arr.dtype.kind == "f" else True, key
-    spec = JOBS[name][0]
     if spec.kind == "inference":
         assert set(again) == ({"labels"} if spec.determinism == "label" else {"logits"})
     elif spec.kind == "evaluate":
@@ -89,6 +115,7 @@ def subprocess_digests() -> dict[str, dict]:
     return results
 
 
+@pytest.mark.integration  # one python process per kernel-set variant
 def test_separate_process_matches_in_process_for_every_profile(subprocess_digests: dict, in_process: dict) -> None:
     native = subprocess_digests["native"]["jobs"]
     diffs = {name: [k for k, arr in outs.items() if ej.digest(arr) != native[name][k]]
@@ -96,6 +123,7 @@ def test_separate_process_matches_in_process_for_every_profile(subprocess_digest
     assert not {n: d for n, d in diffs.items() if d}
 
 
+@pytest.mark.integration  # one python process per kernel-set variant
 def test_exact_f64_and_label_identical_across_kernel_sets(subprocess_digests: dict) -> None:
     caps = {v: d["capability"] for v, d in subprocess_digests.items()}
     assert caps["pinned"] == "DEFAULT", caps
@@ -107,17 +135,31 @@ def test_exact_f64_and_label_identical_across_kernel_sets(subprocess_digests: di
     assert not {k: v for k, v in bad.items() if v}, f"capabilities {caps}"
 
 
+@pytest.mark.integration  # one python process per kernel-set variant
 def test_pinned_f32_identical_between_pinned_processes(subprocess_digests: dict) -> None:
     a, b = subprocess_digests["pinned"]["jobs"], subprocess_digests["pinned-b"]["jobs"]
     pinned = [n for n, (spec, _, _) in JOBS.items() if spec.determinism == "pinned-f32"]
     assert pinned and all(a[n] == b[n] for n in pinned)
 
 
+@pytest.mark.integration  # one python process per kernel-set variant
 def test_report_float32_drift_between_kernel_sets(subprocess_digests: dict) -> None:
-    """Not a guarantee, a measurement: which float32 jobs change between the native and AVX2 kernel sets."""
-    a, b = subprocess_digests["native"]["jobs"], subprocess_digests["avx2-machine"]["jobs"]
-    drift = sorted(n for n in b if JOBS[n][0].determinism in ("none", "pinned-f32") and a[n] != b[n])
-    print(f"\nfloat32 jobs differing native ({subprocess_digests['native']['capability']}) vs avx2: {drift}")
+    """Float32 inference on the native and the AVX2 kernel sets (unpinned): the bits may differ (reported), the
+    values stay within the float32 bound; exact-f64 and label outputs of the same two processes are identical."""
+    native, avx2 = subprocess_digests["native"], subprocess_digests["avx2-machine"]
+    a, b = native["jobs"], avx2["jobs"]
+    f32 = sorted(n for n in b if JOBS[n][0].determinism in ("none", "pinned-f32"))
+    assert f32 and all(JOBS[n][0].kind == "inference" for n in f32)
+    assert len(f32) == 2 * len(ej.arch_cases())  # every arch, both float32 profiles
+    for n in f32:
+        assert set(a[n]) == set(b[n]) == {"logits"}, n
+        x, y = (np.asarray(d["values"][n]["logits"], dtype=np.float32) for d in (native, avx2))
+        assert x.shape == y.shape and np.isfinite(x).all() and np.isfinite(y).all(), n
+        np.testing.assert_allclose(x, y, rtol=F32_RTOL, atol=F32_ATOL, err_msg=n)
+    portable = sorted(n for n in b if JOBS[n][0].determinism in ("exact-f64", "label"))
+    assert portable and all(a[n] == b[n] for n in portable)
+    drift = [n for n in f32 if a[n] != b[n]]
+    print(f"\nfloat32 jobs differing native ({native['capability']}) vs avx2 ({avx2['capability']}): {drift}")
 
 
 # ---------------------------------------------------------------- training behaviour

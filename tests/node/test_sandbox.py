@@ -20,6 +20,8 @@ from typing import Any
 import pytest
 
 pytest.importorskip("torch")
+
+pytestmark = pytest.mark.integration  # starts sandbox worker processes and `agora` subprocesses
 np = pytest.importorskip("numpy")
 
 from marketplace.blobs import BlobStore

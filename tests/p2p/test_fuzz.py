@@ -437,6 +437,7 @@ def gossip_corpus(rng: random.Random, validator: P.AnnounceValidator) -> tuple[l
     return items, expected
 
 
+@pytest.mark.integration  # a peer process
 def test_live_host_survives_junk_frames_and_gossip(target: PeerProcess) -> None:
     rng = random.Random(2026)
     streams = {p: [junk_stream_bytes(rng, p) for _ in range(FRAMES_PER_PROTOCOL)] for p in EXPECT}

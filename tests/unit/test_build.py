@@ -59,6 +59,7 @@ def two_builds(tmp_path_factory: pytest.TempPathFactory) -> tuple[BuildResult, P
     return tuple(results)  # type: ignore[return-value]
 
 
+@pytest.mark.integration  # runs the solc compiler (a node.js process)
 def test_shim_answers_version_like_native_solc() -> None:
     proc = subprocess.run([str(SHIM), "--version"], capture_output=True, text=True, timeout=60, check=True)
     assert re.fullmatch(r"solc, the solidity compiler commandline interface\n"
@@ -68,6 +69,7 @@ def test_shim_answers_version_like_native_solc() -> None:
     assert str(solcx.wrapper.get_solc_version(SHIM)) == SOLC_VERSION
 
 
+@pytest.mark.integration  # runs the solc compiler (a node.js process)
 def test_shim_standard_json_prints_only_json_and_resolves_imports(tmp_path: Path) -> None:
     _write_project(tmp_path)
     std_input = {"language": "Solidity",
@@ -83,6 +85,7 @@ def test_shim_standard_json_prints_only_json_and_resolves_imports(tmp_path: Path
     assert "contracts/interfaces/ICounter.sol" in output["sources"]
 
 
+@pytest.mark.integration  # runs the solc compiler (a node.js process)
 def test_committed_artifacts_match_a_fresh_build() -> None:
     assert contract_names(), (
         f"{ARTIFACTS_DIR} holds no contract artifacts: run `agora contracts build` and commit them")
@@ -96,6 +99,7 @@ def test_committed_artifacts_match_a_fresh_build() -> None:
     assert result.artifact_hash == artifact_hash()
 
 
+@pytest.mark.integration  # runs the solc compiler (a node.js process)
 def test_same_sources_give_byte_identical_artifacts(two_builds: tuple) -> None:
     first, out1, second, out2 = two_builds
     files1 = {p.name: p.read_bytes() for p in sorted(out1.glob("*.json"))}
@@ -113,6 +117,7 @@ def test_same_sources_give_byte_identical_artifacts(two_builds: tuple) -> None:
                                                    "deployedBytecode", "compiler"}
 
 
+@pytest.mark.integration  # runs the solc compiler (a node.js process)
 def test_check_reports_stale_artifacts(two_builds: tuple, tmp_path: Path) -> None:
     _, out1, _, _ = two_builds
     stale = tmp_path / "stale"
@@ -123,6 +128,7 @@ def test_check_reports_stale_artifacts(two_builds: tuple, tmp_path: Path) -> Non
         build(check=True, sources_dir=_write_project(tmp_path), root=tmp_path, out_dir=stale)
 
 
+@pytest.mark.integration  # runs the solc compiler (a node.js process)
 def test_syntax_error_names_file_and_line(tmp_path: Path) -> None:
     (tmp_path / "contracts").mkdir()
     (tmp_path / "contracts" / "Bad.sol").write_text(

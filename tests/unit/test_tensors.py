@@ -161,6 +161,7 @@ def test_from_text_csv_uses_the_minilm_tokenizer(tmp_path: Path) -> None:
     assert y is not None and y["y"].tolist() == [1, 0]
 
 
+@pytest.mark.integration  # a fresh python process
 def test_marketplace_side_never_imports_torch() -> None:
     import subprocess
     import sys

@@ -115,6 +115,7 @@ def test_mnemonic_import_gives_anvil_accounts(kdir: Path) -> None:
     assert "test test" not in str(info.value)
 
 
+@pytest.mark.integration  # runs foundry's cast
 def test_cast_keystore_imports_and_decrypts(tmp_path: Path, kdir: Path) -> None:
     path, address = _cast_new(tmp_path / "cast", "castpw")
     with pytest.raises(WalletError, match="password is needed"):
@@ -127,6 +128,7 @@ def test_cast_keystore_imports_and_decrypts(tmp_path: Path, kdir: Path) -> None:
     assert stat.S_IMODE(ks.path.stat().st_mode) == 0o600
 
 
+@pytest.mark.integration  # runs foundry's cast
 def test_cast_reads_our_keystore(kdir: Path) -> None:
     if not CAST.exists():
         pytest.skip("node_modules/.bin/cast is missing")
@@ -233,6 +235,7 @@ def test_cli_imports(cli, home: Path, tmp_path: Path) -> None:
     assert res.exit_code != 0 and "exactly one of" in res.output
 
 
+@pytest.mark.integration  # runs foundry's cast
 def test_cli_import_cast_keystore_and_wrong_password(cli, home: Path, tmp_path: Path) -> None:
     path, address = _cast_new(tmp_path / "cast", "castpw")
     bad, good = tmp_path / "bad", tmp_path / "good"
