@@ -96,7 +96,7 @@ class MarketNet:
                    addresses={n: accounts[i].address for n, i in ACCOUNTS.items()})
 
     def start_bootstrap(self) -> None:
-        self.boot = Proc("bootstrap", agora_argv("p2p", "bootstrap", "--json"),
+        self.boot = Proc("bootstrap", agora_argv("p2p", "bootstrap", "--listen", "/ip4/127.0.0.1/tcp/0", "--json"),
                          self.env, self.tmp, self.tmp / "logs" / "bootstrap.log").start()
         self.procs.append(self.boot)
         self.bootstrap = self.boot.ready["addrs"][0]
