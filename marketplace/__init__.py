@@ -35,7 +35,13 @@ _EXPORTS = {
     "from_wei": "marketplace.types", "to_wei": "marketplace.types",
 }
 
-__all__ = sorted([*_EXPORTS, "__version__"])
+__all__ = [
+    "Agora", "AgoraError", "AsyncAgora", "BlobNotFoundError", "BlobStore", "ChainClient", "ChainIO",
+    "ConfigError", "Deployment", "Explanation", "InsufficientFundsError", "JobFailedError", "JobSession",
+    "JobSpec", "JobView", "Market", "NoAcceptableBidsError", "Requester", "RequesterStore",
+    "RpcUnreachableError", "SubmitOutcome", "TransactionRevertedError", "TxResult", "__version__", "from_wei",
+    "load_spec", "parse_spec", "to_wei",
+]
 
 
 def __getattr__(name: str) -> Any:

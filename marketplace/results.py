@@ -2,7 +2,7 @@
 
 The manifest records what ran (spec hash, profile, device, torch version, threads), how it ended (status and
 error), how long it took, and per output tensor its dtype, shape, file and canonical digest; `result_hash` is the
-canonical root (`marketplace.canonical`) that goes on-chain. Re-exported from `marketplace.canonical`.
+canonical root (`marketplace.tensorhash`) that goes on-chain. Re-exported from `marketplace.tensorhash`.
 """
 
 from __future__ import annotations
@@ -74,20 +74,20 @@ def write_outputs(directory: Path | str, tensors: dict[str, np.ndarray]) -> dict
     """Write `tensors` to `<directory>/outputs.safetensors` (deterministic bytes) and return the manifest's
     `outputs` entry: per name {"dtype", "shape", "file", "digest" (0x-hex tensor digest)}.
     Raises SpecError (unsupported dtype or name), OSError (EFBIG when over an RLIMIT_FSIZE)."""
-    from marketplace.canonical import canonical_hash
+    from marketplace.tensorhash import tensor_hash
     from marketplace.tensors import dump_tensors
 
-    h = canonical_hash(tensors)
+    h = tensor_hash(tensors)
     atomic_write_bytes(Path(directory) / OUTPUTS_FILE, dump_tensors(tensors))
     return {name: {"dtype": d.dtype, "shape": list(d.shape), "file": OUTPUTS_FILE, "digest": "0x" + d.digest.hex()}
             for name, d in sorted(h.tensors.items())}
 
 
-def verify_result_dir(directory: Path | str):  # -> CanonicalHash
+def verify_result_dir(directory: Path | str):  # -> TensorHash
     """Re-hash `<directory>/outputs.safetensors` and compare it with the manifest, tensor by tensor and at the
-    root. Returns the CanonicalHash. Raises SpecError (manifest or outputs unreadable, refused or malformed),
+    root. Returns the TensorHash. Raises SpecError (manifest or outputs unreadable, refused or malformed),
     ResultMismatchError naming the first differing tensor (or the root)."""
-    from marketplace.canonical import canonical_hash
+    from marketplace.tensorhash import tensor_hash
     from marketplace.tensors import load_tensors
 
     directory = Path(directory)
@@ -99,7 +99,7 @@ def verify_result_dir(directory: Path | str):  # -> CanonicalHash
         data = path.read_bytes()
     except OSError as err:
         raise SpecError(f"cannot read {path}: {err.strerror}") from None
-    h = canonical_hash(load_tensors(data, what=str(path)))
+    h = tensor_hash(load_tensors(data, what=str(path)))
     for name in sorted(set(h.tensors) | set(manifest.outputs)):
         claimed, actual = manifest.outputs.get(name), h.tensors.get(name)
         if claimed is None or actual is None:

@@ -105,7 +105,7 @@ def verify_cmd(spec_path: SpecArg,
                store: StoreOpt = None, as_json: JsonOpt = False) -> None:
     """Re-hash RESULT_DIR against its manifest, recompute the job in the sandbox and compare tensor by tensor."""
     _require_torch()
-    from marketplace.canonical import ResultManifest, verify_result_dir
+    from marketplace.results import ResultManifest, verify_result_dir
     from marketplace.spec import load_spec
 
     spec = load_spec(spec_path)
@@ -191,8 +191,8 @@ def node_run(
     from marketplace.client import ChainClient
     from marketplace.config import load_settings
     from marketplace.errors import ConfigError
-    from marketplace.wallet import load_account
     from marketplace.p2p.identity import identity_key_path
+    from marketplace.wallet import load_account
     from node.agent.agent import Agent
     from node.agent.config import load_config
 

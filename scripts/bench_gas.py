@@ -243,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1 if problems else 0
         return 0
     report = measure(args.jobs, args.batch, args.seed)
-    g, per_job, summary = report["steps_mean_gas"], report["per_job_gas"], report["summary"]
+    g, summary = report["steps_mean_gas"], report["summary"]
     steps_samples = report["steps_samples"]
     print(f"{'step':<28}{'mean gas':>12}{'samples':>9}")
     for k in sorted(g):

@@ -141,8 +141,9 @@ async def _worker_gossip_node(bootstrap: str) -> None:
     import trio
     from libp2p.crypto.secp256k1 import create_new_key_pair
 
+    from marketplace.admission import AnnounceValidator
+    from marketplace.errors import ProtocolError
     from marketplace.p2p import open_host
-    from marketplace.protocol import AnnounceValidator, ProtocolError
 
     validator = AnnounceValidator(chain_id=CHAIN_ID, market=MARKET)
     rejected: dict[str, int] = {}
@@ -250,9 +251,8 @@ async def _maintain(node: Any, bootstrap: list[str], *, task_status: Any) -> Non
 def run_worker(args: argparse.Namespace) -> int:
     import logging
 
-    import trio
-
     import libp2p  # noqa: F401 - its import resets the "libp2p" logger, so import it before quieting it
+    import trio
 
     logging.basicConfig(level=getattr(logging, os.environ.get("BENCH_LOG", "ERROR")), stream=sys.stderr)
     logging.getLogger("libp2p").setLevel(logging.CRITICAL)

@@ -107,16 +107,16 @@ def bench_long(sandbox: Sandbox, store: BlobStore, work: Path, seconds: float, r
 
 
 def bench_hash() -> dict[str, Any]:
-    from marketplace import canonical
+    from marketplace import tensorhash
 
-    if hasattr(canonical, "measure_hash_throughput"):
-        res = canonical.measure_hash_throughput()
+    if hasattr(tensorhash, "measure_hash_throughput"):
+        res = tensorhash.measure_hash_throughput()
         gbps = float(res.get("gb_per_s", res.get("gbps", 0.0))) if isinstance(res, dict) else float(res)
-        return {"method": "marketplace.canonical.measure_hash_throughput", "gb_per_s": gbps}
+        return {"method": "marketplace.tensorhash.measure_hash_throughput", "gb_per_s": gbps}
     tensor = np.random.default_rng(0).standard_normal(64 << 20, dtype=np.float32)  # 256 MiB
-    canonical.canonical_hash({"t": tensor})
-    best = min(timed(lambda: canonical.canonical_hash({"t": tensor}))[0] for _ in range(3))
-    return {"method": "canonical_hash on 256 MiB float32, best of 3", "gb_per_s": tensor.nbytes / best / 1e9}
+    tensorhash.tensor_hash({"t": tensor})
+    best = min(timed(lambda: tensorhash.tensor_hash({"t": tensor}))[0] for _ in range(3))
+    return {"method": "tensor_hash on 256 MiB float32, best of 3", "gb_per_s": tensor.nbytes / best / 1e9}
 
 
 def bench_profiles(sandbox: Sandbox, store: BlobStore, work: Path) -> dict[str, Any]:

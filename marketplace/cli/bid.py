@@ -13,8 +13,8 @@ from marketplace.cli._common import (
     JsonOpt,
     console,
     emit_json,
-    handle_errors,
     global_options,
+    handle_errors,
     parse_amount,
     parse_b32,
 )

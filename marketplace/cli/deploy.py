@@ -17,6 +17,7 @@ from marketplace.cli._common import (
     spinner,
 )
 
+
 def dev_accounts(count: int = 10) -> list:
     """The public, well-known accounts every local dev chain (anvil, ganache, hardhat) is started with."""
     from eth_account import Account

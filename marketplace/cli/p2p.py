@@ -42,9 +42,8 @@ def _trio_run(fn: Any, *args: Any) -> Any:
     alone (so `handle_errors` prints one line, not an exception group)."""
     import logging
 
-    import trio
-
     import libp2p  # noqa: F401 - importing libp2p resets its logger: import first, then quiet it
+    import trio
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("libp2p").setLevel(logging.CRITICAL)

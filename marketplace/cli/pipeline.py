@@ -14,8 +14,8 @@ from marketplace.cli._common import (
     JsonOpt,
     console,
     emit_json,
-    handle_errors,
     global_options,
+    handle_errors,
 )
 from marketplace.cli.job import BootstrapOpt, ListenOpt, StoreOpt
 

@@ -29,8 +29,6 @@ from typing import Any
 import numpy as np
 import trio
 from eth_utils import to_checksum_address
-from pydantic import ConfigDict, Field, computed_field
-from pydantic.alias_generators import to_camel
 
 from marketplace import protocol as P
 from marketplace.collab.aggregate import aggregate, check_update, encode
@@ -48,13 +46,12 @@ from marketplace.collab.protocol import (
     collab_topic,
     decode_update,
 )
+from marketplace.collab.report import CollabReport, Participant, RoundRecord
 from marketplace.collab.spec import CollabSpec, make_shards
 from marketplace.errors import AgoraError, CollabError, InsufficientFundsError
 from marketplace.fsutil import atomic_write_text
-from marketplace.models import Model, Record, WeiInt
 from marketplace.p2p import P2PError
 from marketplace.requester.engine import Requester
-from marketplace.requester.ranking import Explanation
 from marketplace.tensors import load_tensors
 from marketplace.types import from_wei
 
@@ -68,61 +65,6 @@ SETTLE_MARGIN_S = 60  # a round starts only if it and the settlement fit before 
 MAX_REASON = 200
 DEFAULT_CLAIM_WINDOW_S = 600
 LINGER_S = 20.0  # after the job: how long participants get to fetch the last round's updates
-
-
-class Participant(Record):
-    index: int
-    provider: str
-    peer: str
-    price: WeiInt
-    shard: dict[str, Any]
-    count: int = 0  # accepted contributions so far
-    waiting: bool = True  # waited for each round; false after a missed round, until it delivers again
-    missed: list[int] = Field(default_factory=list)
-    rejected: list[int] = Field(default_factory=list)
-
-    @computed_field  # type: ignore[prop-decorator]
-    @property
-    def paid(self) -> WeiInt:
-        return self.count * self.price
-
-
-class RoundRecord(Record):
-    round: int
-    model: str  # the global model the round started from
-    aggregate: str = ""  # the model it produced
-    accepted: list[dict[str, Any]] = Field(default_factory=list)
-    rejected: list[dict[str, Any]] = Field(default_factory=list)
-    missing: list[str] = Field(default_factory=list)
-    wall_s: float = 0.0
-    wait_s: float = 0.0  # from the round message to the last update (or the deadline)
-    aggregate_s: float = 0.0
-    compute_s: dict[str, float] = Field(default_factory=dict)  # as reported by each participant
-    bytes_in: int = 0  # update blobs fetched by the coordinator
-    bytes_out: int = 0  # blobs served to participants during the round (models, updates to verify)
-
-
-class CollabReport(Model):
-    """What `run` returns and writes to `<out_dir>/collab.json` (camelCase keys, wei as decimal strings)."""
-
-    model_config = ConfigDict(alias_generator=to_camel)
-
-    job_id: str
-    spec_hash: str
-    model: str
-    model_hash: str
-    model_file: str
-    rule: str
-    rounds: list[RoundRecord]
-    stopped: str | None
-    deadline: int
-    participants: list[Participant]
-    paid: WeiInt
-    escrow: WeiInt
-    bytes_per_round: float
-    gas: dict[str, int]
-    timings: dict[str, float]
-    explanation: Explanation
 
 
 class CollabCoordinator:

@@ -36,6 +36,7 @@ from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo
 
 from marketplace.errors import P2PError
+
 from .host import P2PHost, peer_info
 from .liveness import DEFAULT_INTERVAL, DEFAULT_MISSES, DEFAULT_TIMEOUT, Liveness
 

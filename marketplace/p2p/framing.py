@@ -12,7 +12,7 @@ from typing import Any
 
 import trio
 
-from marketplace.errors import FrameError, FrameTimeoutError, FrameTooLargeError, P2PError
+from marketplace.errors import FrameError, FrameTimeoutError, FrameTooLargeError
 
 MAX_FRAME = 1 << 20  # 1 MiB
 DEFAULT_TIMEOUT = 10.0

@@ -14,15 +14,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from eth_account import Account
-from eth_account.messages import encode_defunct
-from eth_utils import to_checksum_address
 from libp2p.crypto.keys import KeyPair
 from libp2p.crypto.secp256k1 import create_new_key_pair
 from libp2p.peer.id import ID
 
-from marketplace.errors import PeerIdentityError, PeerRecordError
-from marketplace.protocol import RECORD_VERSION, PeerRecord, record_message
+from marketplace.errors import PeerIdentityError
 
 IDENTITY_FILE = "p2p-identity.key"
 
@@ -67,21 +63,3 @@ def peer_id_of(key: KeyPair) -> ID:
     return ID.from_pubkey(key.public_key)
 
 
-def verify_peer_record(record: PeerRecord, peer_id: ID | str, *, chain_id: int | None = None) -> str:
-    """The checksum address that signed `record` for `peer_id` (and `chain_id` when given).
-
-    Raises `PeerRecordError` on another peer id or chain, a bad signature, or a signer other than
-    `record.address`.
-    """
-    if record.peer_id != str(peer_id):
-        raise PeerRecordError(f"peer record is for {record.peer_id}, not {peer_id}")
-    if chain_id is not None and record.chain_id != int(chain_id):
-        raise PeerRecordError(f"peer record is for chain {record.chain_id}, not {chain_id}")
-    try:
-        signer = Account.recover_message(encode_defunct(text=record_message(record.peer_id, record.chain_id)),
-                                         signature=record.signature)
-    except Exception as err:  # noqa: BLE001 - eth_keys raises several types for junk signatures
-        raise PeerRecordError(f"peer record signature is invalid: {err}") from None
-    if signer.lower() != record.address.lower():
-        raise PeerRecordError(f"peer record for {record.peer_id} claims {record.address} but was signed by {signer}")
-    return to_checksum_address(signer)

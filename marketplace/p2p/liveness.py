@@ -23,6 +23,7 @@ from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo
 
 from marketplace.errors import P2PError
+
 from .host import P2PHost
 
 log = logging.getLogger(__name__)

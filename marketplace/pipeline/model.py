@@ -24,7 +24,7 @@ from typing import Any
 from eth_utils import keccak
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from marketplace.errors import PipelineError, PipelineInvalidError, SpecError
+from marketplace.errors import PipelineError, SpecError
 from marketplace.models import canonical_json
 from marketplace.spec import JobSpec, parse_spec, read_document
 

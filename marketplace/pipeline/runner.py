@@ -27,7 +27,6 @@ from pydantic import ConfigDict, Field, computed_field, field_serializer
 from pydantic.alias_generators import to_camel
 
 from marketplace.blobs import BlobStore
-
 from marketplace.errors import AgoraError, PipelineInvalidError, StageFailedError, StageHeldError
 from marketplace.fsutil import atomic_write_json
 from marketplace.models import Model, WeiInt

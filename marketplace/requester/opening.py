@@ -12,7 +12,12 @@ from typing import Any
 import trio
 
 from marketplace import protocol as P
-from marketplace.errors import InsufficientFundsError, JobFailedError, ReceiptTimeoutError, TransactionRevertedError
+from marketplace.errors import (
+    InsufficientFundsError,
+    JobFailedError,
+    ReceiptTimeoutError,
+    TransactionRevertedError,
+)
 from marketplace.p2p import P2PError
 from marketplace.requester.core import (
     ASSIGN_TIMEOUT_S,

@@ -21,6 +21,7 @@ from pydantic import Field
 from marketplace.models import Model, WeiInt
 from marketplace.sqlite import Migration, SqliteStore
 
+
 class JobState(StrEnum):
     """A requester job's state (stored as its value)."""
 

@@ -20,6 +20,7 @@ import trio
 from eth_utils import to_checksum_address
 from libp2p.peer.id import ID
 
+from marketplace.admission import AdvertValidator, AnnounceValidator
 from marketplace.eip712 import sign_bid
 from marketplace.errors import AgoraError
 from marketplace.p2p import P2PError
@@ -30,9 +31,7 @@ from marketplace.protocol import (
     MAX_ANNOUNCE_BYTES,
     Ack,
     Advert,
-    AdvertValidator,
     Announce,
-    AnnounceValidator,
     BidOffer,
     ProtocolError,
     decode,

@@ -22,6 +22,7 @@ from pydantic import Field
 from marketplace.models import DecimalInt, Model, Record, WeiInt
 from marketplace.sqlite import Migration, SqliteStore
 
+
 class JobState(StrEnum):
     """A node job's state, in order (stored as its value)."""
 

@@ -23,7 +23,7 @@ from marketplace.results import OUTPUTS_FILE
 from node.errors import RoundFailedError
 
 if TYPE_CHECKING:
-    from marketplace.canonical import ResultManifest
+    from marketplace.results import ResultManifest
     from node.sandbox import Sandbox
 
 

@@ -32,9 +32,9 @@ import torch
 
 from marketplace.errors import SpecError
 from marketplace.spec import JobSpec
+from node.errors import DivergedError
 from node.runtime import compute
 from node.runtime import inputs as input_checks
-from node.errors import DivergedError
 from node.runtime.models import build_model, state_dict_numpy
 
 __all__ = ["PINNED_ENV", "DivergedError", "ExecutionResult", "execute", "kernel_env", "kernels_pinned"]

@@ -122,7 +122,8 @@ def run_job(spec: JobSpec, store: BlobStore, out_dir: Path, execute: Executor,
 
     Never raises for a job's failure (that is the returned status); only BaseExceptions that are not
     Exceptions (KeyboardInterrupt, SystemExit) pass through."""
-    from marketplace.canonical import canonical_hash, write_outputs
+    from marketplace.results import write_outputs
+    from marketplace.tensorhash import tensor_hash
 
     try:
         inputs, weights, order = load_job_tensors(spec, store, max_bytes=spec.limits.memory_mb * MiB)
@@ -130,7 +131,7 @@ def run_job(spec: JobSpec, store: BlobStore, out_dir: Path, execute: Executor,
         result = execute(spec, inputs, weights=weights, order=order, **exec_kwargs)
         compute_s = float(getattr(result, "compute_s", None) or time.perf_counter() - t0)
         outputs = write_outputs(out_dir, result.outputs)
-        return JobOutcome("ok", result_hash=canonical_hash(result.outputs).hex, outputs=outputs,
+        return JobOutcome("ok", result_hash=tensor_hash(result.outputs).hex, outputs=outputs,
                           device=result.device, torch_version=result.torch_version, compute_s=compute_s,
                           threads=result.threads, notes=_notes(result))
     except Exception as exc:  # noqa: BLE001 - every failure becomes a typed status

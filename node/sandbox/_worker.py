@@ -221,8 +221,8 @@ def main(argv: list[str]) -> int:
         import torch
 
         import marketplace.blobs
-        import marketplace.canonical
         import marketplace.spec
+        import marketplace.tensorhash
         import marketplace.tensors  # noqa: F401
     except BaseException as exc:  # noqa: BLE001
         send({"ready": False, "error": f"{type(exc).__name__}: {exc}"})

@@ -23,7 +23,7 @@ from node.sandbox._proc import WorkerError, WorkerGoneError, WorkerProcess
 
 if TYPE_CHECKING:
     from marketplace.blobs import BlobStore
-    from marketplace.canonical import ResultManifest
+    from marketplace.results import ResultManifest
     from marketplace.spec import JobSpec
 
 PINNED_ENV = {"ATEN_CPU_CAPABILITY": "default", "MKL_CBWR": "COMPATIBLE", "ONEDNN_MAX_CPU_ISA": "SSE41"}
@@ -145,9 +145,7 @@ def run_in_process(spec: JobSpec, store: BlobStore, out_dir: Path, *,
 def _finish(spec: JobSpec, out_dir: Path, outcome: JobOutcome, record: dict[str, Any], *,
             queue_s: float, wall_s: float) -> ResultManifest:
     """Write the manifest (always) and the sandbox record; drop stale outputs of a failed job."""
-    from marketplace.blobs import BlobStore
-    from marketplace.canonical import ResultManifest
-    from marketplace.results import OUTPUTS_FILE
+    from marketplace.results import OUTPUTS_FILE, ResultManifest
 
     if outcome.status != "ok":
         (out_dir / OUTPUTS_FILE).unlink(missing_ok=True)

@@ -24,6 +24,8 @@ import yaml
 pytest.importorskip("torch")
 pytest.importorskip("trio")
 
+from _market_procs import MarketNet  # noqa: E402
+
 from marketplace.blobs import BlobStore  # noqa: E402
 from marketplace.client import ChainClient  # noqa: E402
 from marketplace.collab.chain import CollabChain  # noqa: E402
@@ -31,8 +33,6 @@ from marketplace.collab.spec import load_collab_spec  # noqa: E402
 from marketplace.devstack import NodeProc, wait_until  # noqa: E402
 from marketplace.tensors import load_tensors  # noqa: E402
 from marketplace.types import to_wei  # noqa: E402
-
-from _market_procs import MarketNet  # noqa: E402
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 

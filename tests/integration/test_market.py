@@ -22,11 +22,11 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("trio")
 
+from _market_procs import COLLATERAL, SETTLE_MARGIN_S, MarketNet, delta  # noqa: E402
+
 from marketplace.devstack import NodeProc, wait_until  # noqa: E402
 from marketplace.results import verify_result_dir  # noqa: E402
 from marketplace.types import to_wei  # noqa: E402
-
-from _market_procs import COLLATERAL, SETTLE_MARGIN_S, MarketNet, delta  # noqa: E402
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 

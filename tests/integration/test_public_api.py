@@ -15,9 +15,9 @@ import pytest
 
 pytest.importorskip("torch")
 
-from marketplace.types import to_wei  # noqa: E402
-
 from _market_procs import MarketNet, NodeProc, delta, wait_until  # noqa: E402
+
+from marketplace.types import to_wei  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 PRICE = "0.7"

@@ -133,12 +133,12 @@ async def _host(task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
 def _outputs(fp: FakeProvider, spec_hash: str) -> tuple[str, list[Any]]:
     """Write the (fixed) outputs + manifest, keep them to serve, return (result hash, output refs)."""
     from marketplace.blobs import blob_id_of
-    from marketplace.canonical import canonical_hash
+    from marketplace.tensorhash import tensor_hash
 
     assert fp.result_dir is not None
     tensors = {"logits": np.ones((4, 2), dtype=np.float32)}
     outs = write_outputs(fp.result_dir, tensors)
-    result = canonical_hash(tensors).hex
+    result = tensor_hash(tensors).hex
     ResultManifest(spec_hash=spec_hash, status="ok", result_hash=result, outputs=outs).write(fp.result_dir)
     refs = []
     for name in ("outputs.safetensors", "manifest.json"):
@@ -195,9 +195,9 @@ async def _deliver(stack: Any, fp: FakeProvider, node: Any, req: Requester) -> N
     assert total == len(chunk) and json.loads(chunk)["kind"] == "inference"
     assert fp.result_dir is not None
     outs = write_outputs(fp.result_dir, {"logits": np.ones((4, 2), dtype=np.float32)})
-    from marketplace.canonical import canonical_hash
+    from marketplace.tensorhash import tensor_hash
 
-    result = canonical_hash({"logits": np.ones((4, 2), dtype=np.float32)}).hex
+    result = tensor_hash({"logits": np.ones((4, 2), dtype=np.float32)}).hex
     ResultManifest(spec_hash=spec_hash, status="ok", result_hash=result, outputs=outs).write(fp.result_dir)
     refs = []
     from marketplace.blobs import blob_id_of

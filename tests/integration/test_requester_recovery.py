@@ -33,8 +33,8 @@ from marketplace.client import ChainClient  # noqa: E402
 from marketplace.market import Market  # noqa: E402
 from marketplace.requester import JobFailedError, Requester, RequesterStore, resume_sync  # noqa: E402
 from marketplace.requester.core import OPEN_ATTEMPT, BidReceived, BidWindow  # noqa: E402
-from marketplace.requester.recovery import OpeningFacts, opening_verdict  # noqa: E402
 from marketplace.requester.ranking import Offer  # noqa: E402
+from marketplace.requester.recovery import OpeningFacts, opening_verdict  # noqa: E402
 from marketplace.spec import parse_spec  # noqa: E402
 from marketplace.types import JobParams, to_wei  # noqa: E402
 
@@ -254,16 +254,16 @@ def test_settlement_file_is_written_before_the_state_and_outputs_in_place_count(
     restart settles it again, and outputs already verified in place are kept without asking any provider."""
     import numpy as np
 
-    from marketplace.canonical import canonical_hash
     from marketplace.requester.core import Winner
     from marketplace.requester.session import JobSession
     from marketplace.results import ResultManifest, write_outputs
+    from marketplace.tensorhash import tensor_hash
     from marketplace.types import Outcome
 
     market, spec = _market(stack), _spec(5)
     out = tmp_path / "out"
     tensors = {"logits": np.ones((4, 2), dtype=np.float32)}
-    result = canonical_hash(tensors).hex
+    result = tensor_hash(tensors).hex
     ResultManifest(spec_hash="0x" + spec.spec_hash().hex(), status="ok", result_hash=result,
                    outputs=write_outputs(out, tensors)).write(out)  # fetched and verified before the crash
     view = type("View", (), {"outcome": Outcome.COMPLETED, "settled": True,

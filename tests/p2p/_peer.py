@@ -28,6 +28,7 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from marketplace import admission
 from marketplace.p2p import PeerRecord, load_or_create_key, maintain_peers, open_host
 from marketplace.p2p.host import P2PHost
 
@@ -237,7 +238,7 @@ async def fuzz_main(key_file: str, chain_id: int, market: str) -> None:
     decoded: Counter[str] = Counter()
     rejected: Counter[str] = Counter()
     gossip: Counter[str] = Counter()
-    validator = P.AnnounceValidator(chain_id=chain_id, market=market)
+    validator = admission.AnnounceValidator(chain_id=chain_id, market=market)
     key = load_or_create_key(Path(key_file))
     async with open_host(key=key, gossip=True) as node:
         for protocol, kinds in expect.items():

@@ -31,12 +31,13 @@ pytest.importorskip("libp2p")
 trio = pytest.importorskip("trio")
 hypothesis = pytest.importorskip("hypothesis")
 
+from _peer import PeerProcess
 from eth_account import Account
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from libp2p.crypto.secp256k1 import create_new_key_pair
 
-from _peer import PeerProcess
+from marketplace import admission
 from marketplace import protocol as P
 from marketplace.p2p import MAX_FRAME, FrameError, PeerRecord, open_host, peer_id_of, read_frame
 from marketplace.types import Bid, SignedBid
@@ -261,7 +262,7 @@ class FakeClock:
         return self.t
 
 
-def reason_of(validator: P.AnnounceValidator, data: bytes, topic: str | None = TOPIC) -> str:
+def reason_of(validator: admission.AnnounceValidator, data: bytes, topic: str | None = TOPIC) -> str:
     try:
         validator.check(data, topic)
     except P.ProtocolError as err:
@@ -269,9 +270,9 @@ def reason_of(validator: P.AnnounceValidator, data: bytes, topic: str | None = T
     return "accepted"
 
 
-def make_validator(wall: FakeClock) -> P.AnnounceValidator:
-    v = P.AnnounceValidator(chain_id=CHAIN_ID, market=MARKET, wall=wall)
-    v.rates = P.RateLimiter(v.rates.rate, v.rates.burst, clock=FakeClock(0.0))  # no refill during the test
+def make_validator(wall: FakeClock) -> admission.AnnounceValidator:
+    v = admission.AnnounceValidator(chain_id=CHAIN_ID, market=MARKET, wall=wall)
+    v.rates = admission.RateLimiter(v.rates.rate, v.rates.burst, clock=FakeClock(0.0))  # no refill during the test
     return v
 
 
@@ -414,7 +415,7 @@ async def send_junk(node: Any, addr: str, protocol: str, data: bytes) -> str:
     return "ack-ok" if ack.ok else "ack-refused"
 
 
-def gossip_corpus(rng: random.Random, validator: P.AnnounceValidator) -> tuple[list[bytes], Counter[str]]:
+def gossip_corpus(rng: random.Random, validator: admission.AnnounceValidator) -> tuple[list[bytes], Counter[str]]:
     """Junk and invalid announcements (and a few valid ones and their replays), with the reasons a fresh
     validator gives for them in this order (what the target must count)."""
     now = int(time.time() * 1000)
@@ -466,7 +467,7 @@ def test_live_host_survives_junk_frames_and_gossip(target: PeerProcess) -> None:
             assert await node.gossip.wait_for_topic_peers(TOPIC, 1, timeout=20)
             # the target's validator starts fresh, as does this copy: same order, same verdicts (made just
             # before publishing, so nothing goes stale in between; the valid ones stay under the rate burst)
-            corpus[:], expected = gossip_corpus(rng, P.AnnounceValidator(chain_id=CHAIN_ID, market=MARKET))
+            corpus[:], expected = gossip_corpus(rng, admission.AnnounceValidator(chain_id=CHAIN_ID, market=MARKET))
             expected_gossip.update(expected)
             for data in corpus:
                 await node.gossip.publish(TOPIC, data)

@@ -19,9 +19,9 @@ from eth_utils import function_signature_to_4byte_selector as selector
 from web3 import EthereumTesterProvider, Web3
 from web3.logs import DISCARD
 
+from marketplace import eip712
 from marketplace.client import ChainClient
 from marketplace.deploy import deploy
-from marketplace import eip712
 from marketplace.eip712 import (
     COMMIT_TYPES,
     RESULT_TYPES,
@@ -32,7 +32,17 @@ from marketplace.eip712 import (
 )
 from marketplace.errors import ConfigError, InsufficientFundsError, TransactionRevertedError
 from marketplace.revert import DecodedError, decode_revert, to_agora_error
-from marketplace.types import HASH_MASK, Assignment, Bid, Job, JobParams, JobPhase, commitment_for, job_id_for, to_wei
+from marketplace.types import (
+    HASH_MASK,
+    Assignment,
+    Bid,
+    Job,
+    JobParams,
+    JobPhase,
+    commitment_for,
+    job_id_for,
+    to_wei,
+)
 
 ADDR = [Account.from_key(bytes([i + 1]) * 32).address for i in range(8)]
 

@@ -291,10 +291,10 @@ def test_budget_reservation_rule(tmp_path: Path, data: dict[str, str]) -> None:
 
 # ---------------------------------------------------------------------------------------------- outputs
 def _result(tmp: Path, tensors: dict[str, np.ndarray]) -> Path:
-    from marketplace.canonical import canonical_hash
+    from marketplace.tensorhash import tensor_hash
 
     outs = write_outputs(tmp, tensors)
-    ResultManifest(spec_hash="0x" + "0" * 64, status="ok", result_hash=canonical_hash(tensors).hex,
+    ResultManifest(spec_hash="0x" + "0" * 64, status="ok", result_hash=tensor_hash(tensors).hex,
                    outputs=outs).write(tmp)
     return tmp
 
@@ -423,9 +423,9 @@ class FakeRequester:
         self.resume_errors: list[Exception] = []  # raised by resume_job, one per call, first
         self.recover: Callable[[Any], None] = lambda row: None
         self.market = SimpleNamespace(job=self._view)
-        from marketplace.canonical import canonical_hash
+        from marketplace.tensorhash import tensor_hash
 
-        self.result = canonical_hash(TRAIN_TENSORS).hex
+        self.result = tensor_hash(TRAIN_TENSORS).hex
 
     def _view(self, job_id: str) -> Any:
         j = self.jobs[job_id.lower()]

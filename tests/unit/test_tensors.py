@@ -166,7 +166,7 @@ def test_marketplace_side_never_imports_torch() -> None:
     import subprocess
     import sys
 
-    code = ("import sys, marketplace.blobs, marketplace.tensors, marketplace.canonical, marketplace.results, "
+    code = ("import sys, marketplace.blobs, marketplace.tensors, marketplace.tensorhash, marketplace.results, "
             "marketplace.cli.blob, marketplace.cli.spec; print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"

@@ -10,26 +10,24 @@ import numpy as np
 import pytest
 from eth_utils import keccak
 
-from marketplace.canonical import (
-    ResultManifest,
-    canonical_bytes,
-    canonical_hash,
+from marketplace.errors import ResultMismatchError, SpecError
+from marketplace.results import ResultManifest, verify_result_dir, write_outputs
+from marketplace.tensorhash import (
     chunk_proof,
     decode_chunk,
     measure_hash_throughput,
+    tensor_bytes,
+    tensor_hash,
     tensor_header,
     verify_chunk,
-    verify_result_dir,
-    write_outputs,
 )
-from marketplace.errors import ResultMismatchError, SpecError
 from marketplace.tensors import dump_tensors
 
 CB = 64  # small chunks so tests cross many boundaries
 
 
 def root(tensors: dict, **kw) -> bytes:
-    return canonical_hash(tensors, **kw).root
+    return tensor_hash(tensors, **kw).root
 
 
 def with_bits(values: list[int], dtype: str, utype: str) -> np.ndarray:
@@ -50,15 +48,15 @@ def test_nan_payloads_and_signs_hash_equal() -> None:
     assert len({root({"t": with_bits([b], "float64", "uint64")}) for b in nans64}) == 1
     nans16 = [0x7E00, 0xFE00, 0x7C01]
     assert len({root({"t": with_bits([b], "float16", "uint16")}) for b in nans16}) == 1
-    assert bytes(canonical_bytes(with_bits([0xFFC00001], "float32", "uint32"))) == bytes.fromhex("0000c07f")
+    assert bytes(tensor_bytes(with_bits([0xFFC00001], "float32", "uint32"))) == bytes.fromhex("0000c07f")
 
 
 def test_canonical_bytes_do_not_copy_clean_arrays() -> None:
     a = np.arange(1000, dtype=np.float32)
-    assert np.shares_memory(np.frombuffer(canonical_bytes(a), np.float32), a)
+    assert np.shares_memory(np.frombuffer(tensor_bytes(a), np.float32), a)
     b = a.copy()
     b[3] = -0.0
-    out = np.frombuffer(canonical_bytes(b), np.float32)
+    out = np.frombuffer(tensor_bytes(b), np.float32)
     assert not np.shares_memory(out, b) and np.signbit(b[3]) and not np.signbit(out[3])
 
 
@@ -82,35 +80,35 @@ def test_name_order_and_layout_are_irrelevant() -> None:
 
 
 def test_scalars_empties_and_bools() -> None:
-    h = canonical_hash({"loss": np.array(0.5, np.float32), "e": np.zeros((0, 4), np.float32),
+    h = tensor_hash({"loss": np.array(0.5, np.float32), "e": np.zeros((0, 4), np.float32),
                         "b": np.array([True, False])}, chunk_bytes=CB)
     assert h.tensors["loss"].shape == () and len(h.tensors["loss"].chunks) == 1
     assert h.tensors["e"].chunks == () and h.tensors["e"].digest == keccak(tensor_header("e", "float32", (0, 4), CB))
     assert len(h.root) == 32 and h.hex == "0x" + h.root.hex()
     with pytest.raises(SpecError, match="dtype"):
-        canonical_hash({"c": np.zeros(3, np.complex64)})
+        tensor_hash({"c": np.zeros(3, np.complex64)})
     with pytest.raises(ValueError):
-        canonical_hash({"t": np.zeros(3)}, chunk_bytes=100)
+        tensor_hash({"t": np.zeros(3)}, chunk_bytes=100)
 
 
 @pytest.mark.parametrize("n", [0, 1, 15, 16, 17, 32, 33, 1000])
 def test_chunking_boundaries(n: int) -> None:
     a = np.arange(n, dtype=np.float32) + 0.5  # 16 float32 per 64-byte chunk
-    h = canonical_hash({"t": a}, chunk_bytes=CB, threads=1)
+    h = tensor_hash({"t": a}, chunk_bytes=CB, threads=1)
     raw = a.tobytes()
     expected = [hashlib.sha256(raw[i:i + CB]).digest() for i in range(0, len(raw), CB)]
     assert list(h.tensors["t"].chunks) == expected
     header = tensor_header("t", "float32", (n,), CB)
     assert h.tensors["t"].digest == keccak(header + b"".join(expected))
     assert h.root == keccak(h.tensors["t"].digest)
-    assert canonical_hash({"t": a}, chunk_bytes=CB, threads=4).root == h.root
+    assert tensor_hash({"t": a}, chunk_bytes=CB, threads=4).root == h.root
 
 
 def test_one_changed_value_changes_only_its_chunk() -> None:
     a = np.arange(100, dtype=np.float64)
     b = a.copy()
     b[50] += 1
-    ca, cb = canonical_hash({"t": a}, chunk_bytes=CB).tensors["t"].chunks, canonical_hash(
+    ca, cb = tensor_hash({"t": a}, chunk_bytes=CB).tensors["t"].chunks, tensor_hash(
         {"t": b}, chunk_bytes=CB).tensors["t"].chunks
     assert [i for i in range(len(ca)) if ca[i] != cb[i]] == [50 * 8 // CB]
 
@@ -118,12 +116,12 @@ def test_one_changed_value_changes_only_its_chunk() -> None:
 def test_large_tensor_threads_agree() -> None:
     a = np.random.default_rng(1).random(3 * (1 << 18) + 7, dtype=np.float32)  # ~3 MiB: 4 chunks
     a[::1000] = -0.0
-    assert canonical_hash({"t": a}, threads=1).root == canonical_hash({"t": a}, threads=3).root
+    assert tensor_hash({"t": a}, threads=1).root == tensor_hash({"t": a}, threads=3).root
 
 
 def test_chunk_proof_verifies_and_tampering_fails() -> None:
     tensors = {"w": np.linspace(-1, 1, 100, dtype=np.float32), "b": np.arange(10, dtype=np.int64)}
-    h = canonical_hash(tensors, chunk_bytes=CB)
+    h = tensor_hash(tensors, chunk_bytes=CB)
     others = {n: d.digest for n, d in h.tensors.items() if n != "w"}
     n_chunks = len(h.tensors["w"].chunks)
     for i in range(n_chunks):
@@ -148,9 +146,9 @@ def test_chunk_proof_verifies_and_tampering_fails() -> None:
 
 
 def test_verify_chunk_rejects_non_canonical_bytes() -> None:
-    """Bytes with -0.0 never come out of canonical_hash, even if someone committed their sha256."""
+    """Bytes with -0.0 never come out of tensor_hash, even if someone committed their sha256."""
     t = {"t": np.array([-0.0, 1.0], np.float32)}
-    h = canonical_hash(t, chunk_bytes=CB)
+    h = tensor_hash(t, chunk_bytes=CB)
     raw = np.array([-0.0, 1.0], np.float32).tobytes()
     header = tensor_header("t", "float32", (2,), CB)
     forged = [hashlib.sha256(raw).digest()]
@@ -194,7 +192,7 @@ def test_manifest_rejects_bad_fields() -> None:
 
 def _result_dir(tmp_path: Path, tensors: dict) -> Path:
     outputs = write_outputs(tmp_path, tensors)
-    _manifest(result_hash=canonical_hash(tensors).hex, outputs=outputs).write(tmp_path)
+    _manifest(result_hash=tensor_hash(tensors).hex, outputs=outputs).write(tmp_path)
     return tmp_path
 
 
@@ -204,7 +202,7 @@ def test_write_outputs_and_verify(tmp_path: Path) -> None:
     assert (d / "outputs.safetensors").read_bytes() == dump_tensors(tensors)
     m = ResultManifest.read(d)
     assert m.outputs["logits"] == {"dtype": "float32", "shape": [2, 4], "file": "outputs.safetensors",
-                                   "digest": "0x" + canonical_hash(tensors).tensors["logits"].digest.hex()}
+                                   "digest": "0x" + tensor_hash(tensors).tensors["logits"].digest.hex()}
     assert verify_result_dir(d).hex == m.result_hash
 
 

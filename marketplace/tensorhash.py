@@ -1,4 +1,4 @@
-"""Canonical result hashing: the 32-byte result hash that providers commit and reveal on-chain.
+"""Tensor hashing: the 32-byte result hash of a set of tensors, which providers commit and reveal on-chain.
 
 Encoding. A tensor's canonical bytes are its values, C order, little-endian, with every float -0.0 mapped to +0.0
 and every NaN to the one quiet NaN of its width (so values that compare equal, or are all "not a number", hash
@@ -48,7 +48,7 @@ class TensorDigest:
 
 
 @dataclass(frozen=True)
-class CanonicalHash:
+class TensorHash:
     """`root` is the 32-byte result hash committed on-chain; `tensors` the per-tensor digests."""
 
     root: bytes
@@ -85,7 +85,7 @@ def _canon_floats(chunk: np.ndarray) -> np.ndarray:
     return fixed.view(chunk.dtype)
 
 
-def canonical_bytes(a: np.ndarray) -> memoryview:
+def tensor_bytes(a: np.ndarray) -> memoryview:
     """The canonical byte encoding of `a` (see module docstring). No copy when `a` is already little-endian,
     contiguous and free of -0.0 and non-canonical NaNs. Raises SpecError for unsupported dtypes."""
     flat = _prepare(a).reshape(-1)
@@ -118,8 +118,8 @@ def _cpus() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def canonical_hash(tensors: Mapping[str, np.ndarray], *, chunk_bytes: int = DEFAULT_CHUNK_BYTES,
-                   threads: int | None = None) -> CanonicalHash:
+def tensor_hash(tensors: Mapping[str, np.ndarray], *, chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+                   threads: int | None = None) -> TensorHash:
     """Hash a dict of tensors (see module docstring). `threads` defaults to the CPUs this process may use.
     Raises SpecError for unsupported dtypes or bad names, ValueError for a bad `chunk_bytes`."""
     _check_chunk_bytes(chunk_bytes)
@@ -145,19 +145,19 @@ def canonical_hash(tensors: Mapping[str, np.ndarray], *, chunk_bytes: int = DEFA
         chunks = tuple(per_tensor[name])
         out[name] = TensorDigest(a.dtype.name, tuple(a.shape), keccak(header + b"".join(chunks)), chunks)
     root = keccak(b"".join(out[n].digest for n in sorted(out)))
-    return CanonicalHash(root, out, chunk_bytes)
+    return TensorHash(root, out, chunk_bytes)
 
 
 def chunk_proof(tensors: Mapping[str, np.ndarray], name: str, index: int, *,
                 chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> tuple[bytes, list[bytes], bytes]:
     """What shows chunk `index` of tensor `name` on its own: (its canonical bytes, the tensor's chunk digests,
-    the tensor header). The other tensors' digests come from `canonical_hash(...).tensors`.
+    the tensor header). The other tensors' digests come from `tensor_hash(...).tensors`.
     Raises KeyError (no such tensor), IndexError (no such chunk), SpecError."""
-    h = canonical_hash({name: tensors[name]}, chunk_bytes=chunk_bytes)
+    h = tensor_hash({name: tensors[name]}, chunk_bytes=chunk_bytes)
     td = h.tensors[name]
     if not 0 <= index < len(td.chunks):
         raise IndexError(f"tensor {name!r} has {len(td.chunks)} chunks, no chunk {index}")
-    data = bytes(canonical_bytes(tensors[name])[index * chunk_bytes:(index + 1) * chunk_bytes])
+    data = bytes(tensor_bytes(tensors[name])[index * chunk_bytes:(index + 1) * chunk_bytes])
     return data, list(td.chunks), tensor_header(name, td.dtype, td.shape, chunk_bytes)
 
 
@@ -205,13 +205,10 @@ def measure_hash_throughput(mib: int = 256, *, threads: int | None = None, repea
     best = float("inf")
     for _ in range(repeat):
         t0 = time.perf_counter()
-        canonical_hash({"t": a}, threads=threads)
+        tensor_hash({"t": a}, threads=threads)
         best = min(best, time.perf_counter() - t0)
     return a.nbytes / best / 1e9
 
 
-from marketplace.results import ResultManifest, verify_result_dir, write_outputs
-
-__all__ = ["CanonicalHash", "ResultManifest", "TensorDigest", "canonical_bytes", "canonical_hash", "chunk_proof",
-           "decode_chunk", "measure_hash_throughput", "tensor_header", "verify_chunk", "verify_result_dir",
-           "write_outputs"]
+__all__ = ["TensorDigest", "TensorHash", "chunk_proof", "decode_chunk", "measure_hash_throughput", "tensor_bytes",
+           "tensor_hash", "tensor_header", "verify_chunk"]
