@@ -151,7 +151,7 @@ def collab_section(net: Net, *, ms: list[int], rounds: int) -> dict[str, Any]:
     from marketplace.requester import Requester
     from marketplace.tensors import load_tensors
     from marketplace.types import to_wei
-    from node.collab import evaluate_accuracy
+    from node.runtime.collab import evaluate_accuracy
     from node.sandbox import Sandbox
 
     market, store, blobs, _ = _requester(net.tmp)
@@ -210,7 +210,7 @@ def collab_section(net: Net, *, ms: list[int], rounds: int) -> dict[str, Any]:
 def _alone(sandbox: Any, spec_for: Any, ms: list[int], out: Path, blobs: Any) -> dict[int, float]:
     """Median compute seconds of one round on the first shard of an m-way split, nothing else running."""
     from marketplace.collab.spec import make_shards
-    from node.collab import train_round
+    from node.runtime.collab import train_round
 
     alone: dict[int, float] = {}
     spec1 = spec_for(1)

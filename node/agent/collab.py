@@ -316,7 +316,7 @@ class CollabParticipant:
         return blob_id_of(encode(new))
 
     async def _train(self, msg: RoundMsg) -> None:
-        from node.collab import train_round
+        from node.runtime.collab import train_round
 
         assert self.spec is not None
         await self.fetch(msg.model)

@@ -73,7 +73,7 @@ def patch_copy_commitment() -> None:
 
 def patch_poison_update() -> None:
     """Scale each collab update's distance from the global model by 1000 (re-encoded, so its blob id is honest)."""
-    import node.collab as collab
+    import node.runtime.collab as collab
     from marketplace.blobs import blob_id_of
     from marketplace.collab.aggregate import encode
     from marketplace.tensors import load_tensors

@@ -115,7 +115,7 @@ def by_name(net: MarketNet, report: dict[str, Any]) -> dict[str, dict[str, Any]]
 def final_accuracy(net: MarketNet, spec_path: Path, model_file: Path) -> float:
     import importlib.util
 
-    from node.collab import evaluate_accuracy
+    from node.runtime.collab import evaluate_accuracy
 
     path = Path(__file__).resolve().parents[2] / "scripts" / "make_examples.py"
     mod_spec = importlib.util.spec_from_file_location("_make_examples", path)

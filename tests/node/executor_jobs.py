@@ -105,7 +105,7 @@ def digest(a: np.ndarray) -> str:
 
 
 def run(name: str, job: Job, threads: int) -> dict[str, np.ndarray]:
-    from node.executor import execute
+    from node.runtime.executor import execute
 
     spec, tensors, kw = job
     trains = spec.kind in ("train", "finetune")

@@ -36,7 +36,7 @@ from marketplace.collab.aggregate import (  # noqa: E402
     reason_code,
 )
 from marketplace.collab.spec import CollabSpec, load_collab_spec, make_shards  # noqa: E402
-from node.collab import evaluate_accuracy, train_round  # noqa: E402
+from node.runtime.collab import evaluate_accuracy, train_round  # noqa: E402
 from node.sandbox import Sandbox  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -25,8 +25,8 @@ import executor_jobs as ej
 
 from marketplace.errors import SpecError
 from marketplace.spec import parse_spec
-from node.executor import PINNED_ENV, DivergedError, execute, kernels_pinned
-from node.models import build_model, load_weights, state_dict_numpy
+from node.runtime.executor import PINNED_ENV, DivergedError, execute, kernels_pinned
+from node.runtime.models import build_model, load_weights, state_dict_numpy
 
 JOBS = ej.jobs()
 ROOT = Path(__file__).resolve().parents[2]
@@ -196,7 +196,7 @@ def test_frozen_minilm_publishes_only_the_head() -> None:
 
 def test_minilm_encoder_matches_sentence_transformers() -> None:
     st = pytest.importorskip("sentence_transformers")
-    from node.minilm import model_dir
+    from node.runtime.minilm import model_dir
 
     model, x, _ = ej.arch_cases()["minilm"]
     m = build_model(model["arch"], model["params"])
@@ -274,7 +274,7 @@ def test_cuda_job_without_cuda_raises() -> None:
 
 
 def test_top_k_breaks_ties_by_lowest_index_and_evaluate_mse() -> None:
-    from node.compute import top_k
+    from node.runtime.compute import top_k
 
     scores = np.array([[1.0, 3.0, 3.0, 0.5], [2.0, 2.0, 2.0, 2.0]])
     assert top_k(scores, 3).tolist() == [[1, 2, 0], [0, 1, 2]]

@@ -24,7 +24,7 @@ START_TIMEOUT_S = 120.0
 
 
 class WorkerProcess:
-    """One `python -m node._worker` process in its own session, with `extra_env` set before torch loads."""
+    """One `python -m node.sandbox._worker` process in its own session, with `extra_env` set before torch loads."""
 
     def __init__(self, env_name: str, executor: str, *, extra_env: dict[str, str], log_dir: Path) -> None:
         self.env_name = env_name
@@ -54,7 +54,7 @@ class WorkerProcess:
         self.stop()
         with open(self.log_path, "ab") as log:
             self._proc = subprocess.Popen(
-                [sys.executable, "-m", "node._worker", self.executor], stdin=subprocess.PIPE,
+                [sys.executable, "-m", "node.sandbox._worker", self.executor], stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE, stderr=log, env=self._env(), start_new_session=True, close_fds=True)
         self._buf = b""
         hello = self._read(time.monotonic() + START_TIMEOUT_S)

@@ -1,11 +1,11 @@
-"""The warm sandbox worker: `python -m node._worker EXECUTOR`, started and fed by `node.sandbox.Sandbox`.
+"""The warm sandbox worker: `python -m node.sandbox._worker EXECUTOR`, started and fed by `node.sandbox.Sandbox`.
 
 It imports torch and the executor once, answers `{"ready": ...}`, then reads one JSON request per line on
 stdin and answers one JSON line on the (private) protocol stream. Per job it forks a fresh child, which
   - starts a new session (its own process group) and dies with the worker (PR_SET_PDEATHSIG),
   - writes stdout/stderr to a log, runs in an empty scratch directory with a minimal environment,
   - enters a new network namespace when root (`unshare(CLONE_NEWNET)`), sets resource limits,
-  - reads, parses and runs the job (`node._job.run_job`) and writes its outcome to a file.
+  - reads, parses and runs the job (`node.sandbox._job.run_job`) and writes its outcome to a file.
 The worker waits with a wall-clock timeout (SIGKILL to the child's process group), maps the end to a status,
 removes the scratch directory and answers. The worker itself never runs torch code, so no OpenMP pool exists
 when it forks.
@@ -25,8 +25,8 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
-from node._job import JobOutcome, is_oom_text, resolve_executor, run_job, tail
-from node._limits import apply_limits, die_with_parent, isolate_network, minimal_env
+from node.sandbox._job import JobOutcome, is_oom_text, resolve_executor, run_job, tail
+from node.sandbox._limits import apply_limits, die_with_parent, isolate_network, minimal_env
 
 _EXIT_OK, _EXIT_FAILED = 0, 1
 

@@ -2,7 +2,7 @@
 
 Read the input blobs (hash-verified, size-capped), parse them as safetensors, call the executor, write the
 outputs, and turn whatever went wrong into one of the typed statuses of a result manifest. No torch at import
-time: torch arrives with the executor (`node.executor`), which is imported by `resolve_executor`.
+time: torch arrives with the executor (`node.runtime.executor`), which is imported by `resolve_executor`.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from marketplace.spec import JobSpec
 
 MiB = 1 << 20
-DEFAULT_EXECUTOR = "node.executor:execute"
+DEFAULT_EXECUTOR = "node.runtime.executor:execute"
 STATUSES = ("ok", "timeout", "out-of-memory", "bad-input", "crash")
 #: Messages by which torch / numpy / the C++ runtime say an allocation failed (RLIMIT_AS or a real shortage).
 _OOM_MARKERS = ("can't allocate memory", "cannot allocate memory", "out of memory", "bad_alloc",

@@ -72,8 +72,8 @@ def evaluate_accuracy(spec_model: Any, weights: Mapping[str, np.ndarray], inputs
     tests and benchmarks. Raises SpecError for weights or inputs that do not fit the model."""
     import torch
 
-    from node import compute
-    from node.models import build_model
+    from node.runtime import compute
+    from node.runtime.models import build_model
 
     y = np.asarray(labels["y"] if isinstance(labels, Mapping) else labels)
     model = build_model(spec_model.arch, dict(spec_model.params), weights=weights).to(torch.float64)

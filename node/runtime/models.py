@@ -128,7 +128,7 @@ def build_model(arch: str, params: Mapping, *, weights: Mapping[str, np.ndarray]
     elif arch == "transformer@1":
         model = TransformerClassifier(p)  # type: ignore[arg-type]
     elif arch == "minilm-classifier@1":
-        from node.minilm import MiniLmClassifier, load_pretrained_encoder
+        from node.runtime.minilm import MiniLmClassifier, load_pretrained_encoder
 
         assert isinstance(p, MiniLmParams)
         model = MiniLmClassifier(p.num_classes, train_encoder=p.train_encoder)

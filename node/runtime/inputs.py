@@ -79,7 +79,7 @@ def _check_features(spec: JobSpec, tensors: Mapping[str, np.ndarray]) -> tuple[d
         if name == "transformer@1":
             vocab = p.vocab_size  # type: ignore[attr-defined]
         else:
-            from node.minilm import config
+            from node.runtime.minilm import config
 
             vocab = config()["vocab_size"]
         if not 1 <= ids.shape[1] <= p.max_len:  # type: ignore[attr-defined]

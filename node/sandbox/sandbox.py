@@ -3,10 +3,10 @@
     with Sandbox(default_store()) as sandbox:
         manifest = sandbox.run(spec, Path("result"))    # never raises for a job's failure: see manifest.status
 
-Workers (`node._worker`) start lazily, import torch once, and are restarted when they die. The default
+Workers (`node.sandbox._worker`) start lazily, import torch once, and are restarted when they die. The default
 environment serves every profile but `pinned-f32`, whose worker starts with pinned CPU kernels
 (`PINNED_ENV`), which must be set before torch is imported. The isolation applied inside each child is
-described in `node._limits`; what was applied is kept in the result dir as `sandbox.json` (the result
+described in `node.sandbox._limits`; what was applied is kept in the result dir as `sandbox.json` (the result
 manifest's schema has no field for it). `run_in_process` is the unsandboxed baseline for benchmarks.
 """
 
@@ -18,8 +18,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from node._job import DEFAULT_EXECUTOR, JobOutcome, resolve_executor, run_job
-from node._proc import WorkerError, WorkerGoneError, WorkerProcess
+from node.sandbox._job import DEFAULT_EXECUTOR, JobOutcome, resolve_executor, run_job
+from node.sandbox._proc import WorkerError, WorkerGoneError, WorkerProcess
 
 if TYPE_CHECKING:
     from marketplace.blobs import BlobStore
@@ -40,7 +40,7 @@ def environment_for(spec: JobSpec) -> str:
 class Sandbox:
     """Warm, forking workers that run jobs under limits. A context manager; `close()` stops the workers.
 
-    `executor` ("module:function", default `node.executor:execute`) is what each child calls; tests and
+    `executor` ("module:function", default `node.runtime.executor:execute`) is what each child calls; tests and
     benchmarks may point it elsewhere. `workers_dir` holds worker logs and per-job scratch directories
     (default: a fresh temporary directory, removed by `close()`)."""
 

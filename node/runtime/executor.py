@@ -7,14 +7,14 @@ Outputs by kind (all arrays little-endian numpy, ready for `marketplace.tensors.
 - inference: {"logits": float32 [N, C]}; under the `label` profile {"labels": int64 [N, top_k]} instead.
 - evaluate: {"loss": float32 [], "accuracy": float32 []} for int class labels (cross_entropy), {"loss"} alone
   for float targets (mse). Both computed in float64 from the model outputs.
-- train / finetune: the trained weights (float32, `node.models.state_dict_numpy` names; head only for a
+- train / finetune: the trained weights (float32, `node.runtime.models.state_dict_numpy` names; head only for a
   frozen-encoder MiniLM) plus {"loss_curve": float32 [steps]}.
 
 Determinism profiles: `exact-f64` runs model and data in float64 and rounds outputs once to float32; `label`
 computes exact-f64 scores and publishes top-k class ids; `pinned-f32` and `none` compute in float32. The pinned
 kernel variables (ATEN_CPU_CAPABILITY=default, MKL_CBWR=COMPATIBLE, ONEDNN_MAX_CPU_ISA=SSE41) are read when torch
 loads, so the sandbox must set them before importing torch; here they are only checked and recorded.
-Numeric rules (chunking, batches, optimizer settings, tie-breaking) live in `node.compute`.
+Numeric rules (chunking, batches, optimizer settings, tie-breaking) live in `node.runtime.compute`.
 """
 
 from __future__ import annotations
@@ -32,10 +32,10 @@ import torch
 
 from marketplace.errors import SpecError
 from marketplace.spec import JobSpec
-from node import compute
-from node import inputs as input_checks
-from node.compute import DivergedError
-from node.models import build_model, state_dict_numpy
+from node.runtime import compute
+from node.runtime import inputs as input_checks
+from node.errors import DivergedError
+from node.runtime.models import build_model, state_dict_numpy
 
 __all__ = ["PINNED_ENV", "DivergedError", "ExecutionResult", "execute", "kernel_env", "kernels_pinned"]
 
