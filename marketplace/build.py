@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from marketplace.artifacts import ARTIFACTS_DIR, BUILD_INFO, artifact_files, artifact_hash, dumps_canonical
+from marketplace.compiled import ARTIFACTS_DIR, BUILD_INFO, artifact_files, artifact_hash, dumps_canonical
 from marketplace.errors import ToolchainError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

@@ -17,7 +17,7 @@ from web3.contract.contract import ContractFunction
 from web3.exceptions import ContractLogicError, TimeExhausted, Web3Exception, Web3RPCError
 
 from marketplace import eip712
-from marketplace.artifacts import load_artifact
+from marketplace.compiled import load_artifact
 from marketplace.deployment import Deployment
 from marketplace.errors import (
     ConfigError,

@@ -49,7 +49,7 @@ def _canonical_type(inp: dict[str, Any]) -> str:
 
 @functools.cache
 def _error_table() -> dict[bytes, tuple[str, list[str], list[str]]]:
-    from marketplace.artifacts import load_artifact
+    from marketplace.compiled import load_artifact
 
     table: dict[bytes, tuple[str, list[str], list[str]]] = {
         function_signature_to_4byte_selector("Error(string)"): ("Error", ["string"], ["reason"]),

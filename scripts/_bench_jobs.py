@@ -37,7 +37,7 @@ def _pct(values: list[float], q: float) -> float:
 def market_figures(*, providers: int = 4, jobs: int = 15, burst: int = 40, bid_window: float = 2.0,
                    grace: float = 0.05, quiet: bool = False) -> tuple[dict[str, Any], dict[str, Any]]:
     """(summary, details) of the market section."""
-    from marketplace.chain import LocalChain
+    from marketplace.devchain import LocalChain
     from marketplace.devstack import LocalStack
 
     say = (lambda *_: None) if quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))

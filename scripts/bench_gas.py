@@ -27,9 +27,9 @@ from collections import defaultdict
 
 from eth_account import Account
 
-from marketplace.chain import LocalChain, time_travel
 from marketplace.client import ChainClient, connect
-from marketplace.deploy import deploy
+from marketplace.deployer import deploy
+from marketplace.devchain import LocalChain, time_travel
 from marketplace.eip712 import sign_bid, sign_commit, sign_result
 from marketplace.market import Market
 from marketplace.types import Bid, JobParams, commitment_for, to_wei

@@ -58,7 +58,7 @@ class Net:
     """Chain, deployment, keys, example blobs, bootstrap and provider processes (see the module docstring)."""
 
     def __init__(self, tmp: Path, say: Any) -> None:
-        from marketplace.chain import LocalChain
+        from marketplace.devchain import LocalChain
 
         self.tmp, self.say = tmp, say
         self.chain = LocalChain("anvil").__enter__()
@@ -114,7 +114,7 @@ def _fresh_key(tmp: Path) -> Any:
 def collab_section(net: Net, *, ms: list[int], rounds: int) -> dict[str, Any]:
     import trio
 
-    from marketplace.collab.chain import CollabChain
+    from marketplace.collab.contract import CollabContract
     from marketplace.collab.coordinator import CollabCoordinator
     from marketplace.collab.spec import parse_collab_spec
     from marketplace.requester import Requester
@@ -140,7 +140,7 @@ def collab_section(net: Net, *, ms: list[int], rounds: int) -> dict[str, Any]:
                                   progress=lambda _m: None) as req:
             for m in ms:
                 net.say(f"collab: m = {m}, {rounds} rounds")
-                coord = CollabCoordinator(req, spec_for(m), CollabChain(market.client),
+                coord = CollabCoordinator(req, spec_for(m), CollabContract(market.client),
                                           out_dir=net.tmp / "collab" / f"m{m}", progress=lambda _m: None)
                 t0 = time.perf_counter()
                 report = await coord.run(max_price=to_wei(1), bid_window=3.0, claim_window=600)

@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from marketplace.chain import LocalChain
+from marketplace.devchain import LocalChain
 from marketplace.devstack import CliError, LocalStack
 from marketplace.types import from_wei
 

@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from marketplace.chain import LocalChain
+from marketplace.devchain import LocalChain
 from marketplace.types import from_wei
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from marketplace.chain import LocalChain, live_chains, rpc_call, stop_all
+from marketplace.devchain import LocalChain, live_chains, rpc_call, stop_all
 
 if TYPE_CHECKING:
     from web3 import Web3

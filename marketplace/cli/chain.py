@@ -10,9 +10,9 @@ from types import FrameType
 import typer
 from rich.console import Console
 
-from marketplace.chain import DEV_ACCOUNTS, LocalChain
 from marketplace.cli import app
 from marketplace.cli._common import JsonOpt, emit_json, handle_errors, spinner
+from marketplace.devchain import DEV_ACCOUNTS, LocalChain
 from marketplace.errors import ChainError, ConfigError
 
 chain_app = typer.Typer(help="Run a local development chain.", no_args_is_help=True)

@@ -34,9 +34,9 @@ app.add_typer(collab_app, name="collab")
 
 
 def _chain(market: Any) -> Any:
-    from marketplace.collab.chain import CollabChain
+    from marketplace.collab.contract import CollabContract
 
-    return CollabChain(market.client)
+    return CollabContract(market.client)
 
 
 @collab_app.command("run")

@@ -22,7 +22,7 @@ def dev_accounts(count: int = 10) -> list:
     """The public, well-known accounts every local dev chain (anvil, ganache, hardhat) is started with."""
     from eth_account import Account
 
-    from marketplace.chain import DEV_ACCOUNTS
+    from marketplace.devchain import DEV_ACCOUNTS
 
     return [Account.from_key(key) for key, _ in DEV_ACCOUNTS[:count]]
 
@@ -47,7 +47,7 @@ def deploy_cmd(
     """
     from marketplace.client import connect
     from marketplace.config import DEV_CHAIN_IDS, load_settings
-    from marketplace.deploy import deploy
+    from marketplace.deployer import deploy
     from marketplace.deployment import MarketParams
     from marketplace.errors import ConfigError
 

@@ -32,7 +32,7 @@ from eth_utils import to_checksum_address
 
 from marketplace import protocol as P
 from marketplace.collab.aggregate import aggregate, check_update, encode
-from marketplace.collab.chain import CollabChain, sign_receipt
+from marketplace.collab.contract import CollabContract, sign_receipt
 from marketplace.collab.protocol import (
     COLLAB_PROTOCOL,
     MAX_COLLAB_BYTES,
@@ -70,7 +70,7 @@ LINGER_S = 20.0  # after the job: how long participants get to fetch the last ro
 class CollabCoordinator:
     """Runs one collaborative training job for `spec` over `req`; see the module docstring."""
 
-    def __init__(self, req: Requester, spec: CollabSpec, chain: CollabChain, *, out_dir: Path,
+    def __init__(self, req: Requester, spec: CollabSpec, chain: CollabContract, *, out_dir: Path,
                  progress: Callable[[str], None] | None = None) -> None:
         self.req = req
         self.spec = spec
@@ -463,7 +463,7 @@ def run_collab_sync(market: Any, spec: CollabSpec, *, store: Any, blobs: Any, ke
     async def main() -> dict[str, Any]:
         async with Requester.open(market, store=store, blobs=blobs, key=key, bootstrap=list(bootstrap),
                                   listen=listen, progress=progress) as req:
-            coord = CollabCoordinator(req, spec, CollabChain(market.client), out_dir=out_dir, progress=progress)
+            coord = CollabCoordinator(req, spec, CollabContract(market.client), out_dir=out_dir, progress=progress)
             return await coord.run(**kwargs)
 
     return run_trio(main)

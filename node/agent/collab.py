@@ -30,7 +30,7 @@ from libp2p.peer.id import ID
 
 from marketplace.blobs import blob_id_of
 from marketplace.collab.aggregate import aggregate, encode
-from marketplace.collab.chain import CollabChain, CollabJobView, recover_receipt_signer
+from marketplace.collab.contract import CollabContract, CollabJobView, recover_receipt_signer
 from marketplace.collab.protocol import (
     COLLAB_PROTOCOL,
     CollabAssigned,
@@ -65,7 +65,7 @@ class CollabParticipant:
     ctx: NodeContext
     msg: CollabAssigned
     bid: BidRow
-    chain: CollabChain
+    chain: CollabContract
     spec: CollabSpec | None = None
     rounds: trio.MemorySendChannel | None = None
     inbox: trio.MemoryReceiveChannel | None = None
@@ -369,12 +369,12 @@ class CollabJobs:
     def __init__(self, ctx: NodeContext) -> None:
         self.ctx = ctx
         self.participants: dict[str, CollabParticipant] = {}  # collab job id -> its participant
-        self._chain: CollabChain | None = None
+        self._chain: CollabContract | None = None
 
-    def chain(self) -> CollabChain:
+    def chain(self) -> CollabContract:
         """The deployment's CollabMarket. Raises AgoraError for a deployment from before CollabMarket."""
         if self._chain is None:
-            self._chain = CollabChain(self.ctx.client)
+            self._chain = CollabContract(self.ctx.client)
         return self._chain
 
     async def join(self, msg: CollabAssigned) -> tuple[bool, str]:
@@ -420,7 +420,7 @@ class CollabJobs:
         return [p.to_json() for p in self.participants.values()]
 
 
-async def claim_until_paid(ctx: NodeContext, chain: CollabChain, job_id: str, index: int, receipt: Receipt,
+async def claim_until_paid(ctx: NodeContext, chain: CollabContract, job_id: str, index: int, receipt: Receipt,
                            on_state: Callable[[str], None] | None = None) -> str:
     """Claim what `receipt` says if the chain credits less, for as long as the contract accepts claims.
     Returns "paid", "closed" or "unclaimed". Used after the rounds and, for saved receipts, after a restart."""

@@ -27,9 +27,9 @@ from typing import Any
 from eth_account import Account
 
 from marketplace import wallet
-from marketplace.chain import DEV_ACCOUNTS, time_travel
 from marketplace.client import ChainClient, connect
-from marketplace.deploy import deploy
+from marketplace.deployer import deploy
+from marketplace.devchain import DEV_ACCOUNTS, time_travel
 from marketplace.devstack import NodeProc, Proc, agora_argv, log_tail, wait_until
 from marketplace.examples import make_examples
 from marketplace.market import Market

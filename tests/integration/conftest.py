@@ -20,10 +20,10 @@ import pytest
 from eth_account import Account
 from web3 import Web3
 
-from marketplace.chain import time_travel
 from marketplace.client import ChainClient, connect
-from marketplace.deploy import deploy
+from marketplace.deployer import deploy
 from marketplace.deployment import Deployment
+from marketplace.devchain import time_travel
 from marketplace.devstack import check_conservation
 from marketplace.eip712 import BID_TYPES, sign_bid
 from marketplace.eip712 import domain as eip712_domain
@@ -282,7 +282,7 @@ class Stack:
 
 def build_stack(rpc_url: str) -> Stack:
     """Deploy a fresh token / registry / market on `rpc_url` and register six providers (500 tokens each)."""
-    from marketplace.chain import DEV_ACCOUNTS
+    from marketplace.devchain import DEV_ACCOUNTS
 
     w3 = connect(rpc_url)
     keys = [k for k, _ in DEV_ACCOUNTS]

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from marketplace.chain import CHAIN_IDS, DEV_ACCOUNTS, LocalChain, mine, rpc_call, time_travel
+from marketplace.devchain import CHAIN_IDS, DEV_ACCOUNTS, LocalChain, mine, rpc_call, time_travel
 from marketplace.errors import ChainError
 
 pytestmark = pytest.mark.integration

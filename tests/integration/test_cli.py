@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from marketplace.chain import LocalChain
+from marketplace.devchain import LocalChain
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]

@@ -28,7 +28,7 @@ from _market_procs import MarketNet  # noqa: E402
 
 from marketplace.blobs import BlobStore  # noqa: E402
 from marketplace.client import ChainClient  # noqa: E402
-from marketplace.collab.chain import CollabChain  # noqa: E402
+from marketplace.collab.contract import CollabContract  # noqa: E402
 from marketplace.collab.spec import load_collab_spec  # noqa: E402
 from marketplace.devstack import NodeProc, wait_until  # noqa: E402
 from marketplace.tensors import load_tensors  # noqa: E402
@@ -99,8 +99,8 @@ def finish(net: MarketNet, proc: subprocess.Popen[str], name: str, timeout: floa
     return json.loads(stdout)
 
 
-def chain(net: MarketNet) -> CollabChain:
-    return CollabChain(ChainClient(net.market.client.w3, net.market.client.deployment))
+def chain(net: MarketNet) -> CollabContract:
+    return CollabContract(ChainClient(net.market.client.w3, net.market.client.deployment))
 
 
 def balances(net: MarketNet) -> dict[str, int]:
@@ -242,7 +242,7 @@ def test_requester_vanishes_providers_claim_with_receipts(net: MarketNet, honest
     assert view.counts[0] <= ROUNDS and view.phase == "Open"
     net.travel_to(view.deadline + view.claim_window + 1)
     # anyone may close; alice does here (a fresh client: her requester processes used nonces since set-up)
-    alice = CollabChain(net.market.client.with_account(net.market.client.account))
+    alice = CollabContract(net.market.client.with_account(net.market.client.account))
     refund_before = alice.balance(net.addresses["alice"])
     alice.close(bytes.fromhex(job_id[2:]))
     closed = alice.job(bytes.fromhex(job_id[2:]))

@@ -1,4 +1,4 @@
-"""CollabMarket on Anvil through marketplace.collab.chain: open, settle, claim, close, withdraw, and every
+"""CollabMarket on Anvil through marketplace.collab.contract: open, settle, claim, close, withdraw, and every
 refusal.
 
 Each failure test asserts the exact custom error and that nothing moved: `Collab.reverts` compares a snapshot
@@ -22,14 +22,14 @@ import pytest
 from eth_account import Account
 from web3 import Web3
 
-from marketplace.collab.chain import (
-    CollabChain,
+from marketplace.collab.contract import (
+    CollabContract,
     CollabJobView,
     receipt_digest,
     recover_receipt_signer,
     sign_receipt,
 )
-from marketplace.collab.chain import job_id_for as py_job_id_for
+from marketplace.collab.contract import job_id_for as py_job_id_for
 from marketplace.deployment import Deployment
 from marketplace.errors import DeploymentError, InsufficientFundsError, TransactionRevertedError
 from marketplace.types import to_wei
@@ -50,21 +50,21 @@ class Collab:
     """The collab market seen by every actor of the module's stack, plus snapshot and revert helpers."""
 
     s: Stack
-    requester: CollabChain
-    providers: list[CollabChain]
-    outsider: CollabChain
-    pauper: CollabChain
+    requester: CollabContract
+    providers: list[CollabContract]
+    outsider: CollabContract
+    pauper: CollabContract
     _opened: list[bytes] = field(default_factory=list)
 
     @property
-    def actors(self) -> dict[str, CollabChain]:
+    def actors(self) -> dict[str, CollabContract]:
         named = {"requester": self.requester, "outsider": self.outsider, "pauper": self.pauper}
         named.update({f"p{i}": p for i, p in enumerate(self.providers)})
         return named
 
     def open(self, m: int = 3, *, prices: Sequence[float] | None = None, rounds: int = 4,
              deadline_in: int = 600, window: int = WINDOW, providers: Sequence[str] | None = None,
-             salt: bytes | None = None, who: CollabChain | None = None,
+             salt: bytes | None = None, who: CollabContract | None = None,
              approve: bool = True) -> tuple[bytes, CollabJobView]:
         """Open a job (prices in whole tokens, default 1, 2, 3, ...) and return its id and view."""
         who = who or self.requester
@@ -77,7 +77,7 @@ class Collab:
         GAS[f"open m={len(seats)}"] = tx.gas_used
         return job_id, who.job(job_id)
 
-    def receipt(self, job_id: bytes, provider: CollabChain, count: int, *,
+    def receipt(self, job_id: bytes, provider: CollabContract, count: int, *,
                 key: Any = None) -> tuple[Any, ...]:
         """The requester's receipt (or one forged with `key`) for `provider`."""
         signer = key if key is not None else self.requester.client.account
@@ -121,7 +121,7 @@ class Collab:
 
 @pytest.fixture(scope="module")
 def cx(stack: Stack) -> Collab:
-    chains = {name: CollabChain(m.client) for name, m in stack.actors.items()}
+    chains = {name: CollabContract(m.client) for name, m in stack.actors.items()}
     return Collab(s=stack, requester=chains["requester"], outsider=chains["outsider"],
                   pauper=chains["pauper"],
                   providers=[chains[f"p{i}"] for i in range(len(stack.providers))])
@@ -166,7 +166,7 @@ def test_deployment_records_collab_and_old_files_still_load(cx: Collab, tmp_path
     assert legacy.collab is None and legacy.market == d.market
     client = cx.requester.client
     with pytest.raises(DeploymentError, match="has no CollabMarket; redeploy"):
-        CollabChain(type(client)(client.w3, legacy, account=client.account))
+        CollabContract(type(client)(client.w3, legacy, account=client.account))
 
 
 # ---------------------------------------------------------------- happy paths

@@ -25,7 +25,7 @@ pytest.importorskip("trio")
 from _market_procs import ROOT, MarketNet, delta  # noqa: E402
 
 from marketplace.blobs import BlobStore  # noqa: E402
-from marketplace.chain import rpc_call  # noqa: E402
+from marketplace.devchain import rpc_call  # noqa: E402
 from marketplace.devstack import NodeProc, wait_until  # noqa: E402
 from marketplace.results import verify_result_dir  # noqa: E402
 from marketplace.tensors import load_tensors  # noqa: E402

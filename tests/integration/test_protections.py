@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from marketplace.chain import rpc_call
+from marketplace.devchain import rpc_call
 from marketplace.types import JobParams, Outcome, to_wei
 
 if TYPE_CHECKING:

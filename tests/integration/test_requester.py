@@ -22,7 +22,7 @@ from libp2p.crypto.secp256k1 import create_new_key_pair
 
 from marketplace import protocol as P
 from marketplace.blobs import BlobStore
-from marketplace.chain import rpc_call
+from marketplace.devchain import rpc_call
 from marketplace.eip712 import sign_result
 from marketplace.market import Market
 from marketplace.p2p import PeerRecord, open_host
@@ -344,7 +344,7 @@ def test_cli_submit_k1_against_a_real_provider_node(stack: Any, tmp_path: Path) 
     import sys
 
     from marketplace import wallet
-    from marketplace.chain import DEV_ACCOUNTS
+    from marketplace.devchain import DEV_ACCOUNTS
 
     root = Path(__file__).resolve().parents[2]
     stack.deployment.save(tmp_path / "deployments")

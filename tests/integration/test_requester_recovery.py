@@ -28,8 +28,8 @@ from libp2p.crypto.secp256k1 import create_new_key_pair  # noqa: E402
 
 from marketplace import protocol as P  # noqa: E402
 from marketplace.blobs import BlobStore  # noqa: E402
-from marketplace.chain import rpc_call  # noqa: E402
 from marketplace.client import ChainClient  # noqa: E402
+from marketplace.devchain import rpc_call  # noqa: E402
 from marketplace.market import Market  # noqa: E402
 from marketplace.requester import JobFailedError, Requester, RequesterStore, resume_sync  # noqa: E402
 from marketplace.requester.core import OPEN_ATTEMPT, BidReceived, BidWindow  # noqa: E402

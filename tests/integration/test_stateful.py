@@ -46,10 +46,10 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule, run_state_machine_as_test
 
-from marketplace.chain import DEV_ACCOUNTS, LocalChain, rpc_call
 from marketplace.client import ChainClient, connect
-from marketplace.deploy import deploy
+from marketplace.deployer import deploy
 from marketplace.deployment import MarketParams
+from marketplace.devchain import DEV_ACCOUNTS, LocalChain, rpc_call
 from marketplace.devstack import check_conservation
 from marketplace.errors import AgoraError, InsufficientFundsError, TransactionRevertedError
 from marketplace.types import (

@@ -30,9 +30,9 @@ trio = pytest.importorskip("trio")
 from eth_account import Account  # noqa: E402
 
 from marketplace import wallet  # noqa: E402
-from marketplace.chain import DEV_ACCOUNTS  # noqa: E402
 from marketplace.client import ChainClient, connect  # noqa: E402
-from marketplace.deploy import deploy  # noqa: E402
+from marketplace.deployer import deploy  # noqa: E402
+from marketplace.devchain import DEV_ACCOUNTS  # noqa: E402
 from marketplace.devstack import log_tail, metric, read_ready  # noqa: E402
 from marketplace.eip712 import recover_bid_signer  # noqa: E402
 from marketplace.market import Market  # noqa: E402
@@ -418,7 +418,7 @@ def test_replicated_job_survives_a_sigkill_between_commit_and_reveal(node: Node,
 def test_k1_fallback_submits_and_finalizes_by_chain_time(node: Node, tmp_path: Path) -> None:
     """A requester that takes the signed result but never pays: at deadline - margin (chain time, moved with
     evm_increaseTime) the node submits the result itself, and finalizes once the challenge window is over."""
-    from marketplace.chain import time_travel
+    from marketplace.devchain import time_travel
 
     spec, blobs = spec_blobs(tmp_path)
     state: dict[str, Any] = {}
@@ -481,7 +481,7 @@ def other_bid(node: Node, other: Market, spec: Any) -> SignedBid:
 def test_k2_fallbacks_commit_and_reveal_by_chain_time(node: Node, tmp_path: Path) -> None:
     """A requester that never posts the batches: the node commits itself at deadline - margin and reveals
     itself at deadline + window - margin (chain time), and is paid by the majority."""
-    from marketplace.chain import time_travel
+    from marketplace.devchain import time_travel
     from marketplace.types import commitment_for
 
     spec, blobs = spec_blobs(tmp_path)

@@ -12,8 +12,8 @@ import pytest
 from typer.testing import CliRunner
 
 import marketplace.build as build_mod
-from marketplace.artifacts import ARTIFACTS_DIR, artifact_hash, contract_names, load_artifact
 from marketplace.build import SHIM, SOLC_VERSION, BuildResult, Compiler, build
+from marketplace.compiled import ARTIFACTS_DIR, artifact_hash, contract_names, load_artifact
 from marketplace.errors import ToolchainError
 
 COUNTER = """// SPDX-License-Identifier: Apache-2.0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from marketplace.chain import DEV_ACCOUNTS, DEV_MNEMONIC, free_port, port_is_free, rpc_call, time_travel
+from marketplace.devchain import DEV_ACCOUNTS, DEV_MNEMONIC, free_port, port_is_free, rpc_call, time_travel
 from marketplace.errors import RpcUnreachableError
 
 

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from eth_account import Account
 
-from marketplace.collab.chain import sign_receipt
+from marketplace.collab.contract import sign_receipt
 from marketplace.collab.coordinator import MAX_REASON, CollabCoordinator, Participant, _clean
 from marketplace.collab.protocol import Receipt, UpdateMsg
 from marketplace.protocol import Sig

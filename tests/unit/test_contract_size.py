@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from marketplace.artifacts import contract_names, load_artifact
+from marketplace.compiled import contract_names, load_artifact
 
 EIP170_LIMIT = 24_576
 JOB_MARKET_MAX = int(EIP170_LIMIT * 0.8)  # 19,660 bytes: room for the next features

@@ -21,7 +21,7 @@ from web3.logs import DISCARD
 
 from marketplace import eip712
 from marketplace.client import ChainClient
-from marketplace.deploy import deploy
+from marketplace.deployer import deploy
 from marketplace.eip712 import (
     COMMIT_TYPES,
     RESULT_TYPES,

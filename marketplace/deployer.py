@@ -9,8 +9,8 @@ from typing import Any
 from eth_account.signers.local import LocalAccount
 from web3 import Web3
 
-from marketplace.artifacts import artifact_hash, load_artifact
 from marketplace.client import ChainClient
+from marketplace.compiled import artifact_hash, load_artifact
 from marketplace.config import DEV_CHAIN_IDS
 from marketplace.deployment import Deployment, MarketParams
 from marketplace.errors import ConfigError

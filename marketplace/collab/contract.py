@@ -1,7 +1,7 @@
 """The CollabMarket contract from Python: open, settle, claim, close, withdraw, and the EIP-712 receipts.
 
 A requester signs, after each round, a cumulative `Receipt(jobId, provider, count)` for every provider
-accepted so far (`sign_receipt`); it settles once at the end (`CollabChain.settle`). A provider keeps only its
+accepted so far (`sign_receipt`); it settles once at the end (`CollabContract.settle`). A provider keeps only its
 latest receipt and claims with it when the settlement paid it less, or when the requester vanished (`claim`).
 Like `marketplace.market.Market`, every transaction is simulated first, so a call that would revert raises the
 decoded project error and sends nothing.
@@ -21,8 +21,8 @@ from web3 import Web3
 from web3.contract import Contract
 from web3.exceptions import ContractLogicError, Web3RPCError
 
-from marketplace.artifacts import load_artifact
 from marketplace.client import ChainClient, TxResult
+from marketplace.compiled import load_artifact
 from marketplace.errors import AgoraError, DeploymentError, InsufficientFundsError
 from marketplace.revert import decode_revert, revert_data_of, to_agora_error
 from marketplace.types import b32, from_wei
@@ -135,7 +135,7 @@ _REVERTS: tuple[type[BaseException], ...] = (ContractLogicError, Web3RPCError, V
 
 # ------------------------------------------------------------------ the contract
 
-class CollabChain:
+class CollabContract:
     """CollabMarket of one deployment, seen by `client`'s account (None: views only).
 
     Raises DeploymentError when the deployment predates CollabMarket.
