@@ -104,6 +104,7 @@ class RejectCode(StrEnum):
     UNKNOWN_JOB = "unknown_job"  # no such job or announcement (or its bid window closed)
     NOT_ASSIGNED = "not_assigned"  # the sender has no part in this job
     WRONG_RESULT = "wrong_result"  # a result, commitment or reveal that does not check out
+    TERMS = "terms"  # a bid whose price, collateral, expiry or deadlines do not fit the announcement
     BUSY = "busy"
     INTERNAL = "internal"
     OTHER = "other"  # a refusal given with text only (older call sites)

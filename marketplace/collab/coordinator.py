@@ -124,7 +124,7 @@ class CollabCoordinator:
         try:
             msg = decode_update(payload, by_address, self.job_id)
         except P.ProtocolError as err:
-            return P.Ack(ok=False, reason=str(err)[:500]).encode()
+            return P.Ack.reject(err).encode()
         return self._take_update(msg).encode()
 
     def _take_update(self, msg: UpdateMsg) -> P.Ack:
@@ -134,7 +134,7 @@ class CollabCoordinator:
             same = held.update == msg.update
             return P.Ack(ok=same, reason="" if same else "a different update for this round was already sent")
         if msg.round != self.round:
-            return P.Ack(ok=False, reason=f"round {msg.round} is not open (the current round is {self.round})")
+            return P.Ack(ok=False, code=P.RejectCode.STALE, reason=f"round {msg.round} is not open (the current round is {self.round})")
         self.inbox[key] = msg
         self.arrived.set()
         return P.Ack(ok=True)

@@ -33,6 +33,13 @@ from marketplace.types import SignedBid, from_wei
 
 log = logging.getLogger(__name__)
 
+#: The machine-readable code of each bid refusal (its text says which check failed and by how much).
+BID_REJECT_CODES = {
+    "malformed": P.RejectCode.MALFORMED, "mismatch": P.RejectCode.UNKNOWN_JOB, "price": P.RejectCode.TERMS,
+    "collateral": P.RejectCode.TERMS, "signature": P.RejectCode.SIGNATURE, "record": P.RejectCode.SIGNATURE,
+    "expiry": P.RejectCode.TERMS, "deadline": P.RejectCode.TERMS, "duplicate": P.RejectCode.REPLAY,
+}
+
 
 class Bidding:
     """The bid phase of one requester: `choose` announces and ranks; `on_bid` serves /agora/bid/1."""
@@ -113,10 +120,11 @@ class Bidding:
         try:
             offer: P.BidOffer = P.decode(payload, P.BidOffer)
         except P.ProtocolError as err:
-            return P.Ack(ok=False, reason=str(err)[:500]).encode()
+            return P.Ack.reject(err).encode()
         pending = self.ctx.windows.get(offer.ann)
         if pending is None or pending.closed:
-            return P.Ack(ok=False, reason="unknown announcement or bid window closed").encode()
+            return P.Ack(ok=False, code=P.RejectCode.UNKNOWN_JOB,
+                         reason="unknown announcement or bid window closed").encode()
         signed: SignedBid | None = None
         try:
             signed = SignedBid.from_json(offer.bid)
@@ -136,7 +144,7 @@ class Bidding:
         pending.received.append(BidReceived(offer=item, signed=signed, peer=str(peer), bid_row=row))
         if pending.acceptable() >= pending.k:
             pending.enough.set()
-        return P.Ack(ok=code is None, reason=reason[:500]).encode()
+        return P.Ack(ok=code is None, code=BID_REJECT_CODES.get(code or ""), reason=reason[:500]).encode()
 
     def check_bid(self, pending: BidWindow, offer: P.BidOffer, signed: SignedBid,
                   peer: str) -> tuple[str, str] | None:

@@ -65,8 +65,8 @@ class Serving:
         try:
             job_id = str(json.loads(payload).get("job_id", "")).lower()
         except (ValueError, AttributeError, UnicodeDecodeError):
-            return P.Ack(ok=False, reason="not a JSON object").encode()
+            return P.Ack(ok=False, code=P.RejectCode.MALFORMED, reason="not a JSON object").encode()
         ext = self.ctx.extensions.get(job_id)
         if ext is None:
-            return P.Ack(ok=False, reason="unknown job").encode()
+            return P.Ack(ok=False, code=P.RejectCode.UNKNOWN_JOB, reason="unknown job").encode()
         return await ext.on_message(payload, str(peer))

@@ -82,7 +82,7 @@ class JobSession:
             self.ctx.store.merge_json(self.ann_id, "timings", {"first_result_s": round(time.time() - self.t0, 3)})
         if isinstance(msg, P.ResultMsg):
             if self.k != 1:
-                return P.Ack(ok=False, reason="this job uses commit-reveal")
+                return P.Ack(ok=False, code=P.RejectCode.TYPE, reason="this job uses commit-reveal")
             self.ctx.store.add_result(self.hex_id, msg.result, msg.sig.model_dump(),
                                       [o.model_dump() for o in msg.outputs], peer, "received")
             self.ctx.nursery.start_soon(self.accept, msg, peer)
@@ -91,7 +91,7 @@ class JobSession:
             reason = self.take_commit(msg, winner)
         else:
             reason = await self.take_reveal(msg, winner, peer)
-        return P.Ack(ok=reason is None, reason=reason or "")
+        return P.Ack(ok=reason is None, code=None if reason is None else P.RejectCode.WRONG_RESULT, reason=reason or "")
 
     async def accept(self, msg: P.ResultMsg, peer: str) -> None:
         """k = 1: verify the outputs, then pay with the provider's signed result in one transaction."""
@@ -344,11 +344,12 @@ async def on_result(ctx: RequesterContext, payload: bytes, peer: str) -> bytes:
     try:
         msg = P.decode(payload, (P.ResultMsg, P.CommitMsg, P.RevealMsg))
     except P.ProtocolError as err:
-        return P.Ack(ok=False, reason=str(err)[:500]).encode()
+        return P.Ack.reject(err).encode()
     session = ctx.sessions.get(msg.job_id.lower())
     winner = session.winner_by_peer(peer) if session else None
     if session is None or winner is None:
-        return P.Ack(ok=False, reason="not a provider of a job this requester serves").encode()
+        return P.Ack(ok=False, code=P.RejectCode.NOT_ASSIGNED,
+                     reason="not a provider of a job this requester serves").encode()
     return (await session.on_message(msg, winner, peer)).encode()
 
 

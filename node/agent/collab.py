@@ -45,7 +45,7 @@ from marketplace.collab.spec import CollabSpec, parse_collab_spec
 from marketplace.errors import AgoraError
 from marketplace.p2p import P2PError
 from marketplace.p2p.gossip import Subscription
-from marketplace.protocol import Ack, ProtocolError, decode
+from marketplace.protocol import Ack, ProtocolError, RejectCode, decode
 from marketplace.tensors import load_tensors
 
 from .context import NodeContext
@@ -129,16 +129,16 @@ class CollabParticipant:
         try:
             msg = decode_round(data, self.bid.requester, self.job_id)
         except ProtocolError as err:
-            return Ack(ok=False, reason=str(err)[:500])
+            return Ack.reject(err)
         if msg.round <= self.last_round:
             return Ack(ok=True, reason="already seen")
         if self.view is not None and msg.round > self.view.rounds + 1:
-            return Ack(ok=False, reason=f"round {msg.round} beyond the job's {self.view.rounds} rounds")
+            return Ack(ok=False, code=RejectCode.STALE, reason=f"round {msg.round} beyond the job's {self.view.rounds} rounds")
         assert self.rounds is not None
         try:
             self.rounds.send_nowait(msg)
         except trio.WouldBlock:
-            return Ack(ok=False, reason="busy")
+            return Ack(ok=False, code=RejectCode.BUSY, reason="busy")
         self.last_round = msg.round  # only once queued: a dropped message can come again
         return Ack(ok=True)
 

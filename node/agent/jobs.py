@@ -42,7 +42,7 @@ from marketplace.spec import JobSpec, parse_spec
 from marketplace.types import Assignment, JobPhase, b32, commitment_for
 
 from .context import NodeContext
-from .store import SENT_COMMIT, SENT_RESULT, SENT_REVEAL, JobRow
+from .store import SENT_COMMIT, SENT_RESULT, SENT_REVEAL, ProviderJobRow
 
 log = logging.getLogger("agora.node")
 
@@ -96,7 +96,7 @@ class JobRunner:
                     break
             else:
                 return False, "no bid of this node matches the assignment (spec hash, requester, price)"
-            row = JobRow(job_id=job_id, ann_id=bid.ann_id, spec_hash=spec_hash, kind=bid.kind, idx=i,
+            row = ProviderJobRow(job_id=job_id, ann_id=bid.ann_id, spec_hash=spec_hash, kind=bid.kind, idx=i,
                          replicas=job.replicas, price=w.price, collateral=w.collateral, requester=job.requester,
                          requester_peer=bid.requester_peer, requester_addrs=bid.requester_addrs,
                          deadline=job.deadline, window=job.window, bid_nonce=bid.nonce)
@@ -182,7 +182,7 @@ class JobRunner:
             self._driving.discard(job_id)
             self._wake.pop(job_id, None)
 
-    async def execute(self, row: JobRow) -> None:
+    async def execute(self, row: ProviderJobRow) -> None:
         async with self.slots:
             self.store.update_job(row.job_id, state="running")
             spec = await self.fetch_inputs(row)
@@ -210,13 +210,13 @@ class JobRunner:
         data = (out / name).read_bytes()
         return OutputRef(name=name, blob=blob_id_of(data), size=len(data))  # type: ignore[arg-type]
 
-    def _fail(self, row: JobRow, reason: str) -> None:
+    def _fail(self, row: ProviderJobRow, reason: str) -> None:
         self.store.update_job(row.job_id, state="failed", error=reason[:1000])
         self.ctx.metrics.jobs.labels(state="failed").inc()
         log.warning("job %s failed: %s", row.job_id, reason)
 
     # ------------------------------------------------------------------ inputs
-    async def fetch_inputs(self, row: JobRow) -> JobSpec | None:
+    async def fetch_inputs(self, row: ProviderJobRow) -> JobSpec | None:
         """The spec (keccak-checked) and every blob (sha256-checked) from the requester; None if it is too late."""
         while True:
             try:
@@ -229,7 +229,7 @@ class JobRunner:
                 log.warning("job %s: fetching inputs failed (%s); retrying", row.job_id, err)
                 await trio.sleep(2)
 
-    async def _fetch_inputs(self, row: JobRow) -> JobSpec:
+    async def _fetch_inputs(self, row: ProviderJobRow) -> JobSpec:
         spec_file = self.ctx.data_dir / "specs" / f"{row.spec_hash}.json"
         if spec_file.exists():
             raw = spec_file.read_bytes()
@@ -254,12 +254,12 @@ class JobRunner:
             await trio.to_thread.run_sync(blobs.put_bytes, data)
         return spec
 
-    async def fetch_blob(self, row: JobRow, blob: str, limit: int) -> bytes:
+    async def fetch_blob(self, row: ProviderJobRow, blob: str, limit: int) -> bytes:
         """A blob of `row`'s job from its requester (see protocol.fetch_blob: capped, sha256-checked)."""
         return await self.ctx.fetch_blob_from(row.requester_addrs, row.requester_peer, row.job_id, blob, limit)
 
     # ------------------------------------------------------------------ settlement
-    async def settle_step(self, row: JobRow) -> None:
+    async def settle_step(self, row: ProviderJobRow) -> None:
         """One pass over a computed job: messages to the requester, then chain fallbacks by chain time."""
         view = await self.io.read(self.market.job, b32(row.job_id))
         now = await self.ctx.refresh_chain_time()
@@ -276,7 +276,7 @@ class JobRunner:
             self.store.update_job(row.job_id, salt=row.salt)
         await self._settle_replicated(row, view, now, margin)
 
-    async def _settle_single(self, row: JobRow, view: JobView, now: int, margin: int) -> None:
+    async def _settle_single(self, row: ProviderJobRow, view: JobView, now: int, margin: int) -> None:
         ctx, job = self.ctx, view.job
         assert job is not None and row.result is not None
         result = b32(row.result)
@@ -298,7 +298,7 @@ class JobRunner:
         elif job.phase == JobPhase.SUBMITTED and now > job.challenge_end:
             await self._finalize(row)
 
-    async def _settle_replicated(self, row: JobRow, view: JobView, now: int, margin: int) -> None:
+    async def _settle_replicated(self, row: ProviderJobRow, view: JobView, now: int, margin: int) -> None:
         ctx, job = self.ctx, view.job
         assert job is not None and row.result is not None and row.salt is not None
         deadline, window = job.deadline, job.window  # a dispute sets a new deadline
@@ -337,7 +337,7 @@ class JobRunner:
         if now > deadline + window:
             await self._finalize(row)
 
-    async def _tell(self, row: JobRow, msg: ResultMsg | CommitMsg | RevealMsg) -> bool:
+    async def _tell(self, row: ProviderJobRow, msg: ResultMsg | CommitMsg | RevealMsg) -> bool:
         """Send a result / commit / reveal message to the requester; True when it acknowledged."""
         try:
             reply = await self.ctx.request_peer(row.requester_addrs, row.requester_peer, RESULT_PROTOCOL,
@@ -350,11 +350,11 @@ class JobRunner:
             log.info("job %s: requester refused the %s: %s", row.job_id, msg.type, ack.reason)
         return ack.ok
 
-    async def _finalize(self, row: JobRow) -> None:
+    async def _finalize(self, row: ProviderJobRow) -> None:
         log.info("job %s: finalizing", row.job_id)
         await self.io.send(self.market.finalize, b32(row.job_id))
 
-    def _settled(self, row: JobRow, view: JobView) -> None:
+    def _settled(self, row: ProviderJobRow, view: JobView) -> None:
         s = view.settlement
         paid = int(s.get("paidMask", 0)) >> row.idx & 1
         slashed = int(s.get("slashedMask", 0)) >> row.idx & 1

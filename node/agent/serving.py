@@ -26,6 +26,7 @@ from marketplace.protocol import (
     BlobRequest,
     Nudge,
     ProtocolError,
+    RejectCode,
     blob_reply_err,
     blob_reply_ok,
     decode,
@@ -55,13 +56,13 @@ class RequestHandlers:
             msg: Assigned | Nudge | CollabAssigned = decode(payload, (Assigned, Nudge, CollabAssigned))
         except ProtocolError as err:
             self.ctx.metrics.rejected.labels(reason=err.reason).inc()
-            return Ack(ok=False, reason=str(err)[:500]).encode()
+            return Ack.reject(err).encode()
         if isinstance(msg, CollabAssigned):
             ok, reason = await self.collab.join(msg)
             return Ack(ok=ok, reason=reason[:500]).encode()
         if isinstance(msg, Nudge):  # only a hint: the job's driver re-reads the chain and trusts nothing else
             known = self.jobs.wake(msg.job_id)
-            return Ack(ok=known, reason="" if known else "unknown job").encode()
+            return Ack(ok=known, code=None if known else RejectCode.UNKNOWN_JOB, reason="" if known else "unknown job").encode()
         ok, reason = await self.jobs.claim(msg.job_id, index=msg.index)
         return Ack(ok=ok, reason=reason[:500]).encode()
 
@@ -70,10 +71,10 @@ class RequestHandlers:
         try:
             job_id = str(json.loads(payload).get("job_id", "")).lower()
         except (ValueError, AttributeError, UnicodeDecodeError):
-            return Ack(ok=False, reason="not a JSON object").encode()
+            return Ack(ok=False, code=RejectCode.MALFORMED, reason="not a JSON object").encode()
         part = self.collab.participants.get(job_id)
         if part is None:
-            return Ack(ok=False, reason="unknown job").encode()
+            return Ack(ok=False, code=RejectCode.UNKNOWN_JOB, reason="unknown job").encode()
         return part.take(payload).encode()
 
     async def on_blob_request(self, payload: bytes, peer: ID) -> bytes:

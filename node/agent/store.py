@@ -23,7 +23,7 @@ from marketplace.models import DecimalInt, Model, Record, WeiInt
 from marketplace.sqlite import Migration, SqliteStore
 
 
-class JobState(StrEnum):
+class ProviderJobState(StrEnum):
     """A node job's state, in order (stored as its value)."""
 
     ASSIGNED = "assigned"
@@ -43,8 +43,8 @@ class BidOutcome(StrEnum):
     DECLINED = "declined"
 
 
-JOB_STATES = tuple(s.value for s in JobState)
-FINAL_STATES = (JobState.SETTLED.value, JobState.FAILED.value)
+JOB_STATES = tuple(s.value for s in ProviderJobState)
+FINAL_STATES = (ProviderJobState.SETTLED.value, ProviderJobState.FAILED.value)
 SENT_RESULT, SENT_REVEAL, SENT_COMMIT = 1, 2, 4  # bits of `sent`: which messages the requester acked
 
 _SCHEMA = """
@@ -122,7 +122,7 @@ class BidRow(Model):
     created: float = Field(default_factory=time.time)
 
 
-class JobRow(Record):
+class ProviderJobRow(Record):
     """One job of this node, as stored (the agent updates it in place, then through `NodeStore.update_job`);
     `to_json()` (for /jobs) with amounts as decimal strings of wei."""
 
@@ -139,7 +139,7 @@ class JobRow(Record):
     requester_addrs: list[str]
     deadline: int
     window: int
-    state: Annotated[JobState, Field(strict=False)] = JobState.ASSIGNED
+    state: Annotated[ProviderJobState, Field(strict=False)] = ProviderJobState.ASSIGNED
     bid_nonce: DecimalInt | None = None
     result: str | None = None
     salt: str | None = None
@@ -228,9 +228,9 @@ class NodeStore(SqliteStore):
         return BidRow(**{k: _from_db(k, row[k]) for k in row.keys()})
 
     # ------------------------------------------------------------------ jobs
-    def add_job(self, job: JobRow) -> bool:
+    def add_job(self, job: ProviderJobRow) -> bool:
         """Insert a job unless one with this id exists; True when inserted."""
-        cols = list(JobRow.model_fields)
+        cols = list(ProviderJobRow.model_fields)
         with self._tx() as db:
             cur = db.execute(f"INSERT OR IGNORE INTO jobs ({','.join(cols)}) VALUES ({','.join('?' * len(cols))})",
                              tuple(_to_db(c, getattr(job, c)) for c in cols))
@@ -239,7 +239,7 @@ class NodeStore(SqliteStore):
     def update_job(self, job_id: str, **changes: Any) -> None:
         if not changes:
             return
-        bad = set(changes) - set(JobRow.model_fields)
+        bad = set(changes) - set(ProviderJobRow.model_fields)
         if bad:
             raise KeyError(f"unknown job fields {sorted(bad)}")
         if "state" in changes and changes["state"] not in JOB_STATES:
@@ -250,14 +250,14 @@ class NodeStore(SqliteStore):
             db.execute(f"UPDATE jobs SET {sets} WHERE job_id = ?",
                        tuple(_to_db(c, v) for c, v in changes.items()) + (job_id,))
 
-    def job(self, job_id: str) -> JobRow | None:
+    def job(self, job_id: str) -> ProviderJobRow | None:
         rows = self._query("SELECT * FROM jobs WHERE job_id = ?", (job_id,))
         return self._job(rows[0]) if rows else None
 
-    def jobs(self, *, limit: int = 1000) -> list[JobRow]:
+    def jobs(self, *, limit: int = 1000) -> list[ProviderJobRow]:
         return [self._job(r) for r in self._query("SELECT * FROM jobs ORDER BY created DESC LIMIT ?", (limit,))]
 
-    def unsettled_jobs(self) -> list[JobRow]:
+    def unsettled_jobs(self) -> list[ProviderJobRow]:
         """Every job a (re)started node still has to drive to settlement."""
         marks = ",".join("?" * len(FINAL_STATES))
         return [self._job(r) for r in
@@ -275,8 +275,8 @@ class NodeStore(SqliteStore):
         return sum(int(r[0]) for r in self._query("SELECT earnings FROM jobs"))
 
     @staticmethod
-    def _job(row: sqlite3.Row) -> JobRow:
-        return JobRow(**{k: _from_db(k, row[k]) for k in row.keys()})
+    def _job(row: sqlite3.Row) -> ProviderJobRow:
+        return ProviderJobRow(**{k: _from_db(k, row[k]) for k in row.keys()})
 
     # ------------------------------------------------------------------ meta
     def get_meta(self, key: str, default: str | None = None) -> str | None:

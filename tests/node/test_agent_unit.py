@@ -14,7 +14,7 @@ from marketplace.errors import ConfigError
 from marketplace.protocol import Announce
 from marketplace.types import to_wei
 from node.agent.config import DEFAULT_YAML, load_config, parse_config
-from node.agent.store import BidRow, JobRow, NodeStore
+from node.agent.store import BidRow, NodeStore, ProviderJobRow
 from node.agent.strategy import BidContext, Decline, Quote, TableStrategy, estimate_run_seconds
 
 KEY = "0x59c47ca0f6b0f3b45fe64b0ad8e4a7a5c4d3e6ac0a6e1e6a3c6f2d6b2ab0f1f8"
@@ -163,13 +163,13 @@ def bid_row(nonce: int, **changes: object) -> BidRow:
     return BidRow(**fields)  # type: ignore[arg-type]
 
 
-def job_row(job_id: str, **changes: object) -> JobRow:
+def job_row(job_id: str, **changes: object) -> ProviderJobRow:
     fields: dict[str, object] = dict(
         job_id=job_id, ann_id="0x" + "aa" * 32, spec_hash="0x" + "22" * 32, kind="inference", idx=0, replicas=2,
         price=to_wei(1), collateral=to_wei(10), requester="0x" + "33" * 20, requester_peer=PEER,
         requester_addrs=["/ip4/127.0.0.1/tcp/4001"], deadline=2_000, window=60)
     fields.update(changes)
-    return JobRow(**fields)  # type: ignore[arg-type]
+    return ProviderJobRow(**fields)  # type: ignore[arg-type]
 
 
 def test_store_round_trip_and_resume_queries(tmp_path: Path) -> None:
