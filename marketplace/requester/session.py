@@ -19,6 +19,7 @@ from eth_account import Account
 from marketplace import protocol as P
 from marketplace.eip712 import COMMIT_TYPES, typed_digest
 from marketplace.errors import AgoraError
+from marketplace.fsutil import atomic_write_json
 from marketplace.jobs import JobView
 from marketplace.p2p import P2PError
 from marketplace.requester.core import POLL_S, SETTLE_MARGIN_S, WATCH_S, RequesterContext, Winner
@@ -315,15 +316,8 @@ class JobSession:
                "refund": str(s.get("refund", 0)), "compensation": str(s.get("compensation", 0)),
                "gas": row.gas if row else {}, "timings": row.timings if row else {},
                "outputsVerified": self.result_fetched, "error": self.error}
-        self.out_dir.mkdir(parents=True, exist_ok=True)
         # Atomically (temp file, fsync, rename): a crash mid-write must not leave a truncated settlement.json.
-        path = self.out_dir / "settlement.json"
-        tmp = path.with_name(f".settlement.json.{os.getpid()}.tmp")
-        with tmp.open("w") as f:
-            f.write(json.dumps(doc, indent=2, sort_keys=True, default=str) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        atomic_write_json(self.out_dir / "settlement.json", doc)
 
 
 async def nudge_winners(ctx: RequesterContext, winners: list[Winner], job_id: str) -> None:

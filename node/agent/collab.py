@@ -43,6 +43,7 @@ from marketplace.collab.protocol import (
 )
 from marketplace.collab.spec import CollabSpec, parse_collab_spec
 from marketplace.errors import AgoraError
+from marketplace.fsutil import atomic_write_json
 from marketplace.p2p import P2PError
 from marketplace.p2p.gossip import Subscription
 from marketplace.protocol import Ack, ProtocolError, RejectCode, decode
@@ -351,9 +352,7 @@ class CollabParticipant:
                "verified": self.verified, "own_accepted": self.own_accepted,
                "state": self.state, "error": self.error, "updates": self.updates,
                "receipt": self.receipt.model_dump(mode="json") if self.receipt else None}
-        tmp = self.state_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(doc, indent=2, sort_keys=True))
-        tmp.replace(self.state_file)
+        atomic_write_json(self.state_file, doc)
 
     def to_json(self) -> dict[str, Any]:
         return {"job_id": self.job_id, "kind": "collab", "index": self.msg.index, "state": self.state,
@@ -473,6 +472,4 @@ def mark_saved(data_dir: Path, job_id: str, state: str) -> None:
     except (OSError, ValueError):
         return
     doc["state"] = state
-    tmp = f.with_suffix(".tmp")
-    tmp.write_text(json.dumps(doc, indent=2, sort_keys=True))
-    tmp.replace(f)
+    atomic_write_json(f, doc)
