@@ -17,6 +17,7 @@ import os
 import time
 
 import trio
+from cachetools import TTLCache
 from eth_utils import to_checksum_address
 from libp2p.peer.id import ID
 
@@ -60,8 +61,9 @@ class Bidder:
         self.strategy = strategy
         self.announces = AnnounceValidator(chain_id=ctx.chain_id, market=ctx.market_address)
         self.adverts = AdvertValidator(chain_id=ctx.chain_id)
-        self._funds: dict[str, tuple[float, int]] = {}
-        self._stake: tuple[float, int] | None = None
+        # Chain reads a burst of announcements would repeat: per requester (bounded), and this node's free stake.
+        self._funds: TTLCache[str, int] = TTLCache(maxsize=10_000, ttl=FUNDS_CACHE_S)
+        self._stake: TTLCache[str, int] = TTLCache(maxsize=1, ttl=FUNDS_CACHE_S)
 
     async def subscribe(self, nursery: trio.Nursery) -> list[str]:
         """Validate and follow the job topics of this node's kinds and device, and relay adverts."""
@@ -143,8 +145,8 @@ class Bidder:
         job opens), so for `collab` the token balance is what counts."""
         key = requester.lower() + (":collab" if collab else "")
         hit = self._funds.get(key)
-        if hit is not None and time.monotonic() - hit[0] < FUNDS_CACHE_S:
-            return hit[1]
+        if hit is not None:
+            return hit
 
         def _read() -> int:
             m = self.ctx.market
@@ -154,9 +156,7 @@ class Bidder:
                                                      m.allowance(requester, self.ctx.market_address))
 
         value = int(await self.ctx.io.read(_read))
-        self._funds[key] = (time.monotonic(), value)
-        if len(self._funds) > 10_000:
-            self._funds.clear()
+        self._funds[key] = value
         return value
 
     async def announce_loop(self, sub: Subscription) -> None:
@@ -171,12 +171,12 @@ class Bidder:
 
     # ------------------------------------------------------------------ bids
     async def free_stake(self) -> int:
-        hit = self._stake
-        if hit is not None and time.monotonic() - hit[0] < FUNDS_CACHE_S:
-            return hit[1]
+        hit = self._stake.get("free")
+        if hit is not None:
+            return hit
         info = await self.ctx.io.read(self.ctx.market.provider_info, self.ctx.address)
         value = int(info["stake"]) - int(info["locked"]) - int(info["unbonding"])  # as requesters count it
-        self._stake = (time.monotonic(), value)
+        self._stake["free"] = value
         return value
 
     async def context(self) -> BidContext:
