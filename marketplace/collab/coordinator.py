@@ -68,7 +68,10 @@ LINGER_S = 20.0  # after the job: how long participants get to fetch the last ro
 
 
 class CollabCoordinator:
-    """Runs one collaborative training job for `spec` over `req`; see the module docstring."""
+    """Runs one collaborative training job for `spec` over `req`; see the module docstring. A requester
+    `Extension`: its participants' messages arrive on COLLAB_PROTOCOL."""
+
+    protocol = COLLAB_PROTOCOL
 
     def __init__(self, req: Requester, spec: CollabSpec, chain: CollabContract, *, out_dir: Path,
                  progress: Callable[[str], None] | None = None) -> None:

@@ -65,7 +65,10 @@ class Host(Protocol):
 
 class Extension(Protocol):
     """A job run by another engine over the requester's host (collaborative training), registered with
-    `Requester.register_extension(job_id, ext)`: it serves its own blobs and messages."""
+    `Requester.register_extension(job_id, ext)`: it serves its own blobs, and the messages of its own protocol
+    (`protocol`, a libp2p protocol id; every message is a JSON object naming its `job_id`)."""
+
+    protocol: str
 
     def serve_blob(self, peer: str, blob: str) -> bytes:
         """The bytes of `blob` for `peer`; raises AgoraError to refuse."""

@@ -26,7 +26,6 @@ from libp2p.peer.id import ID
 from marketplace import protocol as P
 from marketplace.blobs import BlobStore
 from marketplace.chainio import ChainIO
-from marketplace.collab.protocol import COLLAB_PROTOCOL
 from marketplace.errors import AgoraError, InsufficientFundsError
 from marketplace.market import Market
 from marketplace.p2p import open_host
@@ -64,6 +63,7 @@ class Requester:
         self.opening = Opening(self.ctx)
         self.serving = Serving(self.ctx)
         self.recovery = Recovery(self.ctx)
+        self._served: set[str] = set()  # extension protocols the host serves
 
     # ------------------------------------------------------------------ what scripts and extensions use
     market = property(lambda self: self.ctx.market)
@@ -86,7 +86,6 @@ class Requester:
             node.serve(P.BID_PROTOCOL, req.bidding.on_bid)
             node.serve(P.BLOB_PROTOCOL, req.serving.on_blob)
             node.serve(P.RESULT_PROTOCOL, req._on_result)
-            node.serve(COLLAB_PROTOCOL, req.serving.on_extension)
             nursery.start_soon(poll_chain, req.ctx)
             await req._join(list(bootstrap))
             try:
@@ -105,8 +104,12 @@ class Requester:
         await self.ctx.nursery.start(maintain_peers, self.ctx.node, bootstrap)
 
     def register_extension(self, job_id: str, ext: Extension) -> None:
-        """Route blob requests and COLLAB_PROTOCOL messages of `job_id` to `ext` until `unregister_extension`."""
+        """Route blob requests of `job_id`, and the messages of `ext.protocol` that name it, to `ext` until
+        `unregister_extension`. The host starts serving `ext.protocol` on first use."""
         self.ctx.extensions[job_id.lower()] = ext
+        if ext.protocol not in self._served:
+            self.ctx.node.serve(ext.protocol, self.serving.on_extension)
+            self._served.add(ext.protocol)
 
     def unregister_extension(self, job_id: str) -> None:
         self.ctx.extensions.pop(job_id.lower(), None)
