@@ -15,6 +15,7 @@ from web3 import Web3
 from web3.contract import Contract
 from web3.contract.contract import ContractFunction
 from web3.exceptions import ContractLogicError, TimeExhausted, Web3Exception, Web3RPCError
+from web3.providers.rpc.utils import ExceptionRetryConfiguration
 
 from marketplace import eip712
 from marketplace.compiled import load_artifact
@@ -54,7 +55,11 @@ def connect(rpc_url: str, *, timeout: float = 10.0) -> Web3:
     """
     if not rpc_url.startswith(("http://", "https://")):
         raise ConfigError(f"RPC URL must start with http:// or https://, got {rpc_url!r}")
-    w3 = Web3(Web3.HTTPProvider(rpc_url, request_kwargs={"timeout": timeout}))
+    # web3's own retry of transient failures (connection errors, timeouts, HTTP errors) with exponential backoff,
+    # for reads only (its allow-list has no eth_sendRawTransaction: a send is never repeated blindly).
+    retry = ExceptionRetryConfiguration(errors=(ConnectionError, requests.HTTPError, requests.Timeout), retries=3,
+                                        backoff_factor=0.2)
+    w3 = Web3(Web3.HTTPProvider(rpc_url, request_kwargs={"timeout": timeout}, exception_retry_configuration=retry))
     try:
         w3.eth.chain_id  # noqa: B018 - probe
     except (requests.exceptions.RequestException, OSError) as err:
