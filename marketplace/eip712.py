@@ -156,7 +156,8 @@ def sign_commit(private_key: Any, job_id: bytes, index: int, commitment: bytes, 
     return (index, commitment, v, r, s)
 
 
-def sign_result(private_key: Any, job_id: bytes, result: bytes, *, chain_id: int, market: str) -> tuple[int, bytes, bytes]:
+def sign_result(private_key: Any, job_id: bytes, result: bytes, *, chain_id: int,
+                market: str) -> tuple[int, bytes, bytes]:
     """(v, r, s) over `Result(jobId, result)`, for the requester's `acceptSignedResult`."""
     return _sign(private_key, RESULT_TYPES, {"jobId": job_id, "result": result}, chain_id=chain_id, market=market)
 

@@ -57,13 +57,15 @@ class GlobalOptions:
 
 
 #: The global options of the command line being run (also in its `ctx.obj`), for code that has no context.
-_ACTIVE: ContextVar[GlobalOptions] = ContextVar("agora_global_options", default=GlobalOptions())
+_ACTIVE: ContextVar[GlobalOptions | None] = ContextVar("agora_global_options", default=None)
 
 
 def global_options(ctx: typer.Context | None = None) -> GlobalOptions:
     """The global options of the running command: `ctx.obj` (defaults when called outside a command)."""
     found = ctx.find_object(GlobalOptions) if ctx is not None else None
-    return found if found is not None else _ACTIVE.get()
+    if found is None:
+        found = _ACTIVE.get()
+    return found if found is not None else GlobalOptions()
 
 
 #: Global options that take a value, and global flags: accepted before or after the subcommand.

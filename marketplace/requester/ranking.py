@@ -163,7 +163,8 @@ def _count_words(n: int) -> str:
 
 def _detail(code: str, lines: Sequence[RankedBid], *, max_price: int, min_collateral: int) -> str:
     if code == "price":
-        return f"{REFUSAL_PHRASES[code]} {from_wei(max_price)} ({', '.join(from_wei(p) for p in sorted(int(x.price) for x in lines))})"
+        prices = ", ".join(from_wei(p) for p in sorted(int(x.price) for x in lines))
+        return f"{REFUSAL_PHRASES[code]} {from_wei(max_price)} ({prices})"
     if code == "collateral":
         return (f"{REFUSAL_PHRASES[code]} {from_wei(min_collateral)} "
                 f"({', '.join(from_wei(c) for c in sorted(int(x.collateral) for x in lines))})")
