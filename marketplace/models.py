@@ -105,9 +105,10 @@ class Model(BaseModel):
         try:
             super().__init__(**data)
         except ValidationError as err:
-            if type(self).json_error is None:
+            json_error = type(self).json_error
+            if json_error is None:
                 raise
-            raise type(self).json_error(f"{self.json_what or type(self).__name__}: {validation_message(err)}"[:400]) \
+            raise json_error(f"{self.json_what or type(self).__name__}: {validation_message(err)}"[:400]) \
                 from None
 
     def to_json(self) -> dict[str, Any]:

@@ -28,7 +28,7 @@ import json
 import time
 from collections.abc import Awaitable, Callable
 from enum import StrEnum
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Final, Literal
 
 from eth_account import Account
 from eth_account.messages import encode_defunct
@@ -129,7 +129,7 @@ def recover_digest(digest: bytes, signature: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------- peer records
-RECORD_VERSION = 1
+RECORD_VERSION: Final = 1
 
 
 def record_message(peer_id: str, chain_id: int) -> str:

@@ -119,7 +119,8 @@ class GlobalOptionsGroup(typer.core.TyperGroup):
             cmd.epilog = cmd.epilog or GLOBAL_EPILOG
             todo.extend(getattr(cmd, "commands", {}).values())
 
-    def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:
+    # typer's base class types `ctx` with its private vendored click Context; the one it passes is a typer.Context.
+    def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:  # type: ignore[override]
         try:
             hoisted = hoist_global_options(list(args))
         except ValueError as err:

@@ -194,10 +194,10 @@ class CollabCoordinator:
                 nursery.start_soon(self._gossip_updates, sub)
                 await self._assign(pending.ann.ann_id)
                 await req.node.gossip.wait_for_topic_peers(topic, 1, timeout=peer_wait)
-                for r in range(1, rounds + 1):
+                for round_no in range(1, rounds + 1):
                     if not await self._time_for_round():
                         break
-                    if not await self._round(r, topic):
+                    if not await self._round(round_no, topic):
                         break
                 await self._announce(RoundMsg(job_id=self.job_id, round=len(self.rounds) + 1, model=self.model,
                                               deadline_ms=0, done=True, **self._outcome_fields()), topic)
@@ -265,7 +265,7 @@ class CollabCoordinator:
             for p in self.participants:
                 nursery.start_soon(push, p)
 
-    async def _round(self, r: int, topic: str) -> None:
+    async def _round(self, r: int, topic: str) -> bool:
         spec = self.spec
         t0 = time.time()
         served0 = self.bytes_served

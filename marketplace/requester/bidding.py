@@ -118,6 +118,7 @@ class Bidding:
         if pending is None or pending.closed:
             return P.Ack(ok=False, reason="unknown announcement or bid window closed").encode()
         signed: SignedBid | None = None
+        code: str | None  # None: the bid is acceptable
         try:
             signed = SignedBid.from_json(offer.bid)
         except (KeyError, TypeError, ValueError) as err:

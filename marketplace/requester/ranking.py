@@ -140,6 +140,7 @@ def rank(offers: Sequence[Offer], facts: Mapping[str, ProviderFacts], k: int, *,
     for i, (eff, _, line) in enumerate(acceptable):
         line.rank = i + 1
         if i < k:
+            assert line.score_bps is not None  # set for every acceptable offer (it has provider facts)
             line.chosen = True
             line.reason = (f"chosen: cheapest reputation-weighted price #{i + 1} of {len(acceptable)} "
                            f"(price {from_wei(int(line.price))} / reputation {line.score_bps / BPS:.2f} = "
