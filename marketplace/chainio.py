@@ -60,8 +60,9 @@ class ChainIO:
     async def read(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """`fn(*args, **kwargs)` in a worker thread, at most `max_reads` at once. Abandoned on cancellation (a
         read has no effect to wait for)."""
+        # abandon_on_cancel: trio has it; the stale trio-stubs of trio-typing (a libp2p dependency) lack it.
         return await trio.to_thread.run_sync(functools.partial(fn, *args, **kwargs), limiter=self._reads,
-                                             abandon_on_cancel=True)
+                                             abandon_on_cancel=True)  # type: ignore[call-arg]
 
     async def send(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """`fn(*args, **kwargs)` (which sends transactions of this account) under the account's transaction lock,

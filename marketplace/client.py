@@ -16,6 +16,7 @@ from web3.contract import Contract
 from web3.contract.contract import ContractFunction
 from web3.exceptions import ContractLogicError, TimeExhausted, Web3Exception, Web3RPCError
 from web3.providers.rpc.utils import ExceptionRetryConfiguration
+from web3.types import BlockIdentifier
 
 from marketplace import eip712
 from marketplace.compiled import load_artifact
@@ -130,7 +131,7 @@ class ChainClient:
             raise ConfigError("this command needs an account: pass --account NAME (see `agora wallet list`)")
         return self.account.address
 
-    def call(self, fn: ContractFunction, *, action: str = "call", block: int | str = "latest") -> Any:
+    def call(self, fn: ContractFunction, *, action: str = "call", block: BlockIdentifier = "latest") -> Any:
         """Run a view function (at `block`); reverts become project errors."""
         try:
             return fn.call({"from": self.account.address} if self.account else {}, block_identifier=block)

@@ -33,7 +33,8 @@ class Settings(BaseSettings):
     deployments_dir: Path = Field(Path("deployments"),
                                   validation_alias="AGORA_DEPLOYMENTS",
                                   description="Folder of <chainId>.json deployment files [AGORA_DEPLOYMENTS]")
-    password: str | None = Field(None, repr=False, description="Keystore password for non-interactive use [AGORA_PASSWORD]")
+    password: str | None = Field(None, repr=False,
+                                 description="Keystore password for non-interactive use [AGORA_PASSWORD]")
     account: str | None = Field(None, description="Default keystore name or address [AGORA_ACCOUNT]")
 
     @field_validator("home")

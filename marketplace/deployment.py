@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from pydantic import Field, ValidationError
 
@@ -13,7 +13,7 @@ from marketplace.errors import DeploymentError
 from marketplace.fsutil import atomic_write_text
 from marketplace.models import Model, validation_message
 
-DEPLOYMENT_VERSION = 1
+DEPLOYMENT_VERSION: Final = 1
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -17,7 +17,7 @@ from eth_account.messages import _hash_eip191_message, encode_typed_data
 from eth_utils import to_checksum_address
 
 from marketplace.errors import ConfigError
-from marketplace.types import Bid, SignedBid
+from marketplace.types import Bid, BidSignature, SignedBid
 
 # ERC-5267: fields bitmap 0x0f = name, version, chainId, verifyingContract (no salt, no extensions).
 _ERC5267_ABI = [{
@@ -122,7 +122,8 @@ def sign_bid(private_key: Any, bid: Bid, *, chain_id: int, market: str) -> Signe
     if signer != to_checksum_address(bid.provider):
         raise ValueError(f"key of {signer} cannot sign a bid for provider {bid.provider}")
     signed = Account.sign_typed_data(key, domain(chain_id, market), BID_TYPES, bid.as_message())
-    return SignedBid(bid=bid, v=signed.v, r=signed.r.to_bytes(32, "big"), s=signed.s.to_bytes(32, "big"))
+    return SignedBid(bid=bid, signature=BidSignature(v=signed.v, r=signed.r.to_bytes(32, "big"),
+                                                     s=signed.s.to_bytes(32, "big")))
 
 
 def recover_bid_signer(signed: SignedBid, *, chain_id: int, market: str) -> str:
@@ -156,7 +157,8 @@ def sign_commit(private_key: Any, job_id: bytes, index: int, commitment: bytes, 
     return (index, commitment, v, r, s)
 
 
-def sign_result(private_key: Any, job_id: bytes, result: bytes, *, chain_id: int, market: str) -> tuple[int, bytes, bytes]:
+def sign_result(private_key: Any, job_id: bytes, result: bytes, *, chain_id: int,
+                market: str) -> tuple[int, bytes, bytes]:
     """(v, r, s) over `Result(jobId, result)`, for the requester's `acceptSignedResult`."""
     return _sign(private_key, RESULT_TYPES, {"jobId": job_id, "result": result}, chain_id=chain_id, market=market)
 

@@ -4,7 +4,8 @@
   (`model_dump(mode="json")`, aliases applied); `from_json(data)` validates a dict, or JSON text/bytes, as JSON
   (strict JSON rules: an int field takes a JSON integer, an enum field its value, a bytes field a string). A
   subclass may name the error that `from_json` and the constructor raise (`json_error`, e.g. SpecError);
-  pydantic's ValidationError (a ValueError) otherwise. `to_json_text()` is the pretty file form (sorted keys, indent 2, one trailing newline).
+  pydantic's ValidationError (a ValueError) otherwise. `to_json_text()` is the pretty file form (sorted keys,
+  indent 2, one trailing newline).
 - `Record`: the same, but mutable (assignments are validated): durable state that code updates in place
   (a pipeline run's `state.json`, a node's job row).
 - Field types for the JSON conventions of the project: `WeiInt` / `DecimalInt` (a Python int that is a decimal
@@ -104,9 +105,10 @@ class Model(BaseModel):
         try:
             super().__init__(**data)
         except ValidationError as err:
-            if type(self).json_error is None:
+            json_error = type(self).json_error
+            if json_error is None:
                 raise
-            raise type(self).json_error(f"{self.json_what or type(self).__name__}: {validation_message(err)}"[:400]) \
+            raise json_error(f"{self.json_what or type(self).__name__}: {validation_message(err)}"[:400]) \
                 from None
 
     def to_json(self) -> dict[str, Any]:

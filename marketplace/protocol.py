@@ -1,7 +1,8 @@
 """The market's wire protocol over libp2p: topics, message schemas, signatures and validation. No torch, no trio.
 
-Every message is one JSON object (RFC 8785 canonical JSON, `marketplace.models.canonical_json`) with a `type` field, sent either on a
-gossipsub topic (announcements, adverts) or as one frame of a request/response protocol (see `marketplace.p2p`).
+Every message is one JSON object (RFC 8785 canonical JSON, `marketplace.models.canonical_json`) with a `type` field,
+sent either on a gossipsub topic (announcements, adverts) or as one frame of a request/response protocol (see
+`marketplace.p2p`).
 Bytes travel as 0x-hex, token amounts as decimal strings of wei, times as unix seconds (or `*_ms` milliseconds).
 
     topic                                  what                              signed by
@@ -27,7 +28,7 @@ import json
 import time
 from collections.abc import Awaitable, Callable
 from enum import StrEnum
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Final, Literal
 
 from eth_account import Account
 from eth_account.messages import encode_defunct
@@ -129,7 +130,7 @@ def recover_digest(digest: bytes, signature: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------- peer records
-RECORD_VERSION = 1
+RECORD_VERSION: Final = 1
 
 
 def record_message(peer_id: str, chain_id: int) -> str:
@@ -372,8 +373,8 @@ class Ack(_Msg):
 
 GOSSIP_TYPES: dict[str, type[_Msg]] = {"announce": Announce, "advert": Advert}
 REQUEST_TYPES: dict[str, type[_Msg]] = {
-    "bid": BidOffer, "assigned": Assigned, "nudge": Nudge, "result": ResultMsg, "commit": CommitMsg, "reveal": RevealMsg,
-    "blob": BlobRequest, "ack": Ack,
+    "bid": BidOffer, "assigned": Assigned, "nudge": Nudge, "result": ResultMsg, "commit": CommitMsg,
+    "reveal": RevealMsg, "blob": BlobRequest, "ack": Ack,
 }
 
 

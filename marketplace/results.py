@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, ClassVar, Literal, Self
+from typing import Any, ClassVar, Final, Literal, Self
 
 import numpy as np
 from pydantic import Field, model_validator
@@ -20,7 +20,7 @@ from marketplace.models import Model
 
 MANIFEST_FILE = "manifest.json"
 OUTPUTS_FILE = "outputs.safetensors"
-MANIFEST_VERSION = 1
+MANIFEST_VERSION: Final = 1
 Status = Literal["ok", "timeout", "out-of-memory", "bad-input", "crash"]
 STATUSES: tuple[str, ...] = ("ok", "timeout", "out-of-memory", "bad-input", "crash")
 

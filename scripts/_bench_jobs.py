@@ -163,6 +163,7 @@ def _figures(runs: dict[int, list[dict[str, Any]]], burst: list[dict[str, Any]],
                           for k, v in runs.items()},
         "gas_per_job_mean": {k: round(statistics.mean(r["gas"] for r in v)) for k, v in runs.items() if v},
         "burst_jobs": len(burst), "burst_seconds": round(elapsed, 2),
-        "burst_job_total_ms": {"p50": ms([r["total_s"] for r in burst], 50), "p90": ms([r["total_s"] for r in burst], 90)},
+        "burst_job_total_ms": {"p50": ms([r["total_s"] for r in burst], 50),
+                               "p90": ms([r["total_s"] for r in burst], 90)},
     }
     return summary, details

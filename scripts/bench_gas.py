@@ -121,7 +121,8 @@ class Bench:
             commits = [sign_commit(self.keys[p.address], jid, i, commitment_for(jid, p.address, res, salts[i]),
                                    chain_id=self.dep.chain_id, market=self.dep.market) for i, p in enumerate(provs)]
             self.record("k3b.commitBatch", self.req.commit_batch(jid, commits))
-            self.record("k3b.revealBatch+settle", self.req.reveal_batch(jid, [(i, res, s) for i, s in enumerate(salts)]))
+            self.record("k3b.revealBatch+settle",
+                        self.req.reveal_batch(jid, [(i, res, s) for i, s in enumerate(salts)]))
         self.withdraw_all("k3b", provs)
 
     def batch_finalize(self, n: int) -> None:
@@ -252,7 +253,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'per job (withdraw amortized)':<34}{'gas':>10}{'target':>10}{'vs iExec':>10}")
     rows = [("k1 submit+accept", "k1_total_gas"), ("k1 relayed signed result", "k1_relayed_total_gas"),
             ("k1 submit+batched finalize", "k1_optimistic_batch_total_gas"), ("k3 commit+reveal", "k3_total_gas"),
-            ("k3 batched commit/reveal", "k3_batched_total_gas"), ("batched finalize, per job", "batch_finalize_gas_per_job")]
+            ("k3 batched commit/reveal", "k3_batched_total_gas"),
+            ("batched finalize, per job", "batch_finalize_gas_per_job")]
     for label, key in rows:
         tgt = TARGETS.get(key) or TARGETS.get({"k1_relayed_total_gas": "k1_total_gas",
                                                "k1_optimistic_batch_total_gas": "k1_total_gas",

@@ -216,7 +216,8 @@ async def _worker_gossip_publisher(bootstrap: str, n_msgs: int, rate: float) -> 
             acct = accounts[i % len(accounts)]
             ts = int(time.time() * 1000)
             ann = P.Announce(chain_id=CHAIN_ID, market=MARKET, requester=acct.address,
-                             requester_peer=str(node.peer_id), requester_addrs=[node.addr], spec_hash="0x" + os.urandom(32).hex(), kind="inference",
+                             requester_peer=str(node.peer_id), requester_addrs=[node.addr],
+                             spec_hash="0x" + os.urandom(32).hex(), kind="inference",
                              device="cpu", replicas=1, max_price="1000", run_seconds=60, window=60, input_bytes=0,
                              ts_ms=ts, bid_until_ms=ts + 30_000, nonce="0x" + os.urandom(16).hex()).signed(acct.key)
             data = ann.encode()

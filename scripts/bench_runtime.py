@@ -151,7 +151,8 @@ def main() -> int:
             long = bench_long(sandbox, store, work, args.long_seconds, args.long_repeats)
             profiles = {} if args.skip_profiles else bench_profiles(sandbox, store, work)
         hashing = bench_hash()
-    summary = {"tiny_overhead_ms": round(tiny["overhead_ms"], 2), "long_job_overhead_pct": round(long["overhead_pct"], 3),
+    summary = {"tiny_overhead_ms": round(tiny["overhead_ms"], 2),
+               "long_job_overhead_pct": round(long["overhead_pct"], 3),
                "hash_gb_per_s": round(hashing["gb_per_s"], 3)}
     report = {"machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform()},
               "tiny": tiny, "long": long, "hash": hashing, "profiles": profiles, "summary": summary,
@@ -162,7 +163,8 @@ def main() -> int:
           f"sandbox {tiny['sandbox_ms']:.1f} ms vs in-process {tiny['in_process_ms']:.1f} ms (median of {args.runs})")
     print(f"{'long job overhead (%)':<40}{summary['long_job_overhead_pct']:>12.2f}  {'<= 3':>10}  "
           f"{long['steps']} steps, median of {long['repeats']}: sandbox {long['sandbox_s']:.2f} s vs in-process "
-          f"{long['in_process_s']:.2f} s (compute {long['sandbox_compute_s']:.2f} vs {long['in_process_compute_s']:.2f} s), "
+          f"{long['in_process_s']:.2f} s "
+          f"(compute {long['sandbox_compute_s']:.2f} vs {long['in_process_compute_s']:.2f} s), "
           f"same hash: {long['same_result']}")
     print(f"{'canonical hash (GB/s)':<40}{summary['hash_gb_per_s']:>12.2f}  {'>= 1':>10}  {hashing['method']}")
     for kind, row in profiles.items():

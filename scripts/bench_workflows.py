@@ -172,7 +172,8 @@ def collab_section(net: Net, *, ms: list[int], rounds: int) -> dict[str, Any]:
     coordination = max(0.0, runs[ms[0]]["round_s_median"] - alone[ms[0]])
     return {"runs": {str(m): r for m, r in runs.items()},
             "expected_dedicated": _expected(ms, alone, runs, coordination),
-            "expected_dedicated_heavy": {"local_epochs": HEAVY_EPOCHS, **_expected(ms, alone_heavy, runs, coordination)},
+            "expected_dedicated_heavy": {"local_epochs": HEAVY_EPOCHS,
+                                         **_expected(ms, alone_heavy, runs, coordination)},
             "dataset": {"train": 4000, "test": 1000, "classes": 10, "features": 32}}
 
 

@@ -57,13 +57,15 @@ class GlobalOptions:
 
 
 #: The global options of the command line being run (also in its `ctx.obj`), for code that has no context.
-_ACTIVE: ContextVar[GlobalOptions] = ContextVar("agora_global_options", default=GlobalOptions())
+_ACTIVE: ContextVar[GlobalOptions | None] = ContextVar("agora_global_options", default=None)
 
 
 def global_options(ctx: typer.Context | None = None) -> GlobalOptions:
     """The global options of the running command: `ctx.obj` (defaults when called outside a command)."""
     found = ctx.find_object(GlobalOptions) if ctx is not None else None
-    return found if found is not None else _ACTIVE.get()
+    if found is None:
+        found = _ACTIVE.get()
+    return found if found is not None else GlobalOptions()
 
 
 #: Global options that take a value, and global flags: accepted before or after the subcommand.
@@ -117,7 +119,8 @@ class GlobalOptionsGroup(typer.core.TyperGroup):
             cmd.epilog = cmd.epilog or GLOBAL_EPILOG
             todo.extend(getattr(cmd, "commands", {}).values())
 
-    def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:
+    # typer's base class types `ctx` with its private vendored click Context; the one it passes is a typer.Context.
+    def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:  # type: ignore[override]
         try:
             hoisted = hoist_global_options(list(args))
         except ValueError as err:

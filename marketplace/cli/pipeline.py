@@ -53,7 +53,7 @@ def validate_cmd(file: Annotated[Path, typer.Argument(help="Pipeline YAML or JSO
     if problems:
         _refuse(problems, json_out, file)
     order = pipe.order()
-    stages = [{"name": n, "kind": pipe.stages[n].spec.kind, "after": pipe.stages[n].deps,  # type: ignore[union-attr]
+    stages: list[dict[str, Any]] = [{"name": n, "kind": pipe.stages[n].spec.kind, "after": pipe.stages[n].deps,  # type: ignore[union-attr]
                "outputs": stage_outputs(pipe.stages[n]), "replicas": pipe.stages[n].replicas,
                "max_price": from_wei(pipe.stages[n].max_price), "stage_hash": pipe.stages[n].stage_hash()}
               for n in order]

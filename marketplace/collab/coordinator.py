@@ -137,7 +137,8 @@ class CollabCoordinator:
             same = held.update == msg.update
             return P.Ack(ok=same, reason="" if same else "a different update for this round was already sent")
         if msg.round != self.round:
-            return P.Ack(ok=False, code=P.RejectCode.STALE, reason=f"round {msg.round} is not open (the current round is {self.round})")
+            return P.Ack(ok=False, code=P.RejectCode.STALE,
+                         reason=f"round {msg.round} is not open (the current round is {self.round})")
         self.inbox[key] = msg
         self.arrived.set()
         return P.Ack(ok=True)
@@ -197,10 +198,10 @@ class CollabCoordinator:
                 nursery.start_soon(self._gossip_updates, sub)
                 await self._assign(pending.ann.ann_id)
                 await req.node.gossip.wait_for_topic_peers(topic, 1, timeout=peer_wait)
-                for r in range(1, rounds + 1):
+                for round_no in range(1, rounds + 1):
                     if not await self._time_for_round():
                         break
-                    if not await self._round(r, topic):
+                    if not await self._round(round_no, topic):
                         break
                 await self._announce(RoundMsg(job_id=self.job_id, round=len(self.rounds) + 1, model=self.model,
                                               deadline_ms=0, done=True, **self._outcome_fields()), topic)
@@ -268,7 +269,7 @@ class CollabCoordinator:
             for p in self.participants:
                 nursery.start_soon(push, p)
 
-    async def _round(self, r: int, topic: str) -> None:
+    async def _round(self, r: int, topic: str) -> bool:
         spec = self.spec
         t0 = time.time()
         served0 = self.bytes_served

@@ -14,7 +14,7 @@ id.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, Self
 
 from pydantic import Field
 
@@ -43,7 +43,7 @@ def collab_topic(job_id: str) -> str:
 
 
 class _Signed(_Msg):
-    def signed(self, private_key: object) -> _Signed:
+    def signed(self, private_key: object) -> Self:
         return self.model_copy(update={"signature": sign_digest(private_key, body_digest(self))})
 
 

@@ -133,7 +133,8 @@ class PeerMaintainer:
         self._absent: dict[ID, int] = {}  # (server) registered peers not connected, for how many rounds
 
     # ------------------------------------------------------------------ running
-    async def run(self, *, task_status: trio.TaskStatus[PeerMaintainer] = trio.TASK_STATUS_IGNORED) -> None:
+    # trio.TaskStatus exists (trio >= 0.23) but the stale trio-stubs of trio-typing (a libp2p dependency) hide it.
+    async def run(self, *, task_status: trio.TaskStatus[PeerMaintainer] = trio.TASK_STATUS_IGNORED) -> None:  # type: ignore[name-defined]
         await self._stop_auto_connector()
         async with trio.open_nursery() as nursery:
             await nursery.start(self.liveness.run)
@@ -282,7 +283,8 @@ async def maintain_peers(node: P2PHost, bootstrap: Sequence[str], *, namespace: 
                          refresh: float = REFRESH_S, ping_interval: float = DEFAULT_INTERVAL,
                          ping_timeout: float = DEFAULT_TIMEOUT,
                          ping_misses: int = DEFAULT_MISSES,
-                         task_status: trio.TaskStatus[PeerMaintainer] = trio.TASK_STATUS_IGNORED) -> None:
+                         # trio.TaskStatus: see PeerMaintainer.run
+                         task_status: trio.TaskStatus[PeerMaintainer] = trio.TASK_STATUS_IGNORED) -> None:  # type: ignore[name-defined]
     """Keep `node` connected to the market until cancelled; `task_status.started(maintainer)` after round one.
 
     `bootstrap`: full multiaddrs (`.../p2p/<id>`); unreachable or malformed ones are logged and retried with

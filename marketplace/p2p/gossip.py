@@ -60,7 +60,8 @@ class GossipOptions:
     degree_high: int = 8
     heartbeat_interval: int = 1
     publish_rate: float = 50.0  # own publishes per second (all topics)
-    publish_burst: int = 4  # bursts overflow the router's 32-message per-peer queues (measured: 1000 at once -> 17 arrive)
+    # bursts overflow the router's 32-message per-peer queues (measured: 1000 at once -> 17 arrive)
+    publish_burst: int = 4
     queue_size: int = 1024  # per subscription
     max_message_bytes: int = 64 * 1024
     # gossipsub v1.2 (IDONTWANT): off. Each relayed message then costs one control RPC to and from every mesh peer

@@ -60,7 +60,8 @@ class Liveness:
         self.stats = LivenessStats()
         self._missed: dict[ID, int] = {}
 
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    # trio.TaskStatus exists (trio >= 0.23) but the stale trio-stubs of trio-typing (a libp2p dependency) hide it.
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:  # type: ignore[name-defined]
         """Ping rounds forever (until cancelled)."""
         task_status.started()
         while True:

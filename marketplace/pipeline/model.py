@@ -305,7 +305,8 @@ def _stage(name: str, sf: StageFile, defaults: MarketSettings, base: Path | None
                             f"({', '.join('.'.join(p) for p in BLOB_SLOTS)})")
         else:
             refs.append(Ref(m.group(1), m.group(2), path))
-    stage = Stage(name=name, raw=raw, refs=refs, replicas=int(pick("replicas")), max_price=int(to_wei(pick("max_price"))),
+    stage = Stage(name=name, raw=raw, refs=refs, replicas=int(pick("replicas")),
+                  max_price=int(to_wei(pick("max_price"))),
                   min_collateral=int(to_wei(pick("min_collateral"))), bid_window=float(pick("bid_window")),
                   grace=float(pick("grace")), run_seconds=pick("run_seconds"), window=pick("window"), source=source,
                   problems=problems)

@@ -303,7 +303,8 @@ class _Run:
         except Exception as err:  # noqa: BLE001 - one stage's failure must not stop the others
             if not isinstance(err, AgoraError):
                 log.exception("stage %s", name)
-            rec.status, rec.error = "failed", str(err) if isinstance(err, AgoraError) else f"{type(err).__name__}: {err}"
+            rec.status = "failed"
+            rec.error = str(err) if isinstance(err, AgoraError) else f"{type(err).__name__}: {err}"
             rec.times["failed"] = time.time()
             self.save()
             hold = self._may_still_cost(rec)

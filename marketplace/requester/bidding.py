@@ -126,6 +126,7 @@ class Bidding:
             return P.Ack(ok=False, code=P.RejectCode.UNKNOWN_JOB,
                          reason="unknown announcement or bid window closed").encode()
         signed: SignedBid | None = None
+        code: str | None  # None: the bid is acceptable
         try:
             signed = SignedBid.from_json(offer.bid)
         except (KeyError, TypeError, ValueError) as err:

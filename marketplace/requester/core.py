@@ -52,9 +52,14 @@ OPEN_ATTEMPT = "open_attempt"
 class Host(Protocol):
     """What the requester needs of a libp2p host (`marketplace.p2p.open_host` gives one)."""
 
-    peer_id: Any
-    addrs: list[str]
-    gossip: Any
+    @property
+    def peer_id(self) -> Any: ...
+
+    @property
+    def addrs(self) -> list[str]: ...
+
+    @property
+    def gossip(self) -> Any: ...
 
     def serve(self, protocol: str, handler: Callable[[bytes, ID], Awaitable[bytes]]) -> None: ...
 

@@ -140,6 +140,7 @@ def rank(offers: Sequence[Offer], facts: Mapping[str, ProviderFacts], k: int, *,
     for i, (eff, _, line) in enumerate(acceptable):
         line.rank = i + 1
         if i < k:
+            assert line.score_bps is not None  # set for every acceptable offer (it has provider facts)
             line.chosen = True
             line.reason = (f"chosen: cheapest reputation-weighted price #{i + 1} of {len(acceptable)} "
                            f"(price {from_wei(int(line.price))} / reputation {line.score_bps / BPS:.2f} = "
@@ -163,7 +164,8 @@ def _count_words(n: int) -> str:
 
 def _detail(code: str, lines: Sequence[RankedBid], *, max_price: int, min_collateral: int) -> str:
     if code == "price":
-        return f"{REFUSAL_PHRASES[code]} {from_wei(max_price)} ({', '.join(from_wei(p) for p in sorted(int(x.price) for x in lines))})"
+        prices = ", ".join(from_wei(p) for p in sorted(int(x.price) for x in lines))
+        return f"{REFUSAL_PHRASES[code]} {from_wei(max_price)} ({prices})"
     if code == "collateral":
         return (f"{REFUSAL_PHRASES[code]} {from_wei(min_collateral)} "
                 f"({', '.join(from_wei(c) for c in sorted(int(x.collateral) for x in lines))})")

@@ -273,7 +273,7 @@ class JobSession:
             if res.lower() == result.lower():
                 sources.append((self.winners[i].peer, refs))
         if not sources:
-            for i, row in sorted(store.reveals(self.hex_id).items()):
+            for _, row in sorted(store.reveals(self.hex_id).items()):
                 if row["result"].lower() == result.lower():
                     sources.append((row["peer"], row["outputs"]))
         stored = store.result(self.hex_id)

@@ -138,7 +138,8 @@ class Agent:
             if sandbox is not None:
                 # A job still running holds the sandbox's lock; its worker dies with us (EOF on its pipe).
                 with trio.move_on_after(5):
-                    await trio.to_thread.run_sync(sandbox.close, abandon_on_cancel=True)
+                    # abandon_on_cancel: trio has it; the stale trio-stubs of trio-typing (a libp2p dependency) lack it.
+                    await trio.to_thread.run_sync(sandbox.close, abandon_on_cancel=True)  # type: ignore[call-arg]
             self.ctx.store.close()
 
     async def _wait_for_signal(self) -> None:
@@ -152,7 +153,7 @@ class Agent:
         try:
             from marketplace.p2p.discovery import maintain_peers  # type: ignore[import-not-found]
         except ImportError:
-            maintain_peers = None
+            maintain_peers = None  # type: ignore[assignment]  # optional module: None when absent
         if maintain_peers is not None:
             await nursery.start(maintain_peers, self.ctx.net, list(self.config.bootstrap))
             return

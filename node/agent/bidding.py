@@ -95,7 +95,7 @@ class Bidder:
     def advert(self) -> Advert:
         ctx = self.ctx
         assert ctx.device is not None and ctx.record is not None
-        prices = {k: str(ctx.config.price_wei(k)) for k in ctx.config.kinds}
+        prices: dict[str, str] = {k: str(ctx.config.price_wei(k)) for k in ctx.config.kinds}
         return Advert(chain_id=ctx.chain_id, provider=ctx.address, peer=str(ctx.net.peer_id),
                       addrs=ctx.net.addrs[:8], record=ctx.record.to_json(), device=ctx.device.name,
                       device_class=ctx.device.device_class, memory_mb=ctx.device.memory_mb,  # type: ignore[arg-type]
@@ -223,7 +223,9 @@ class Bidder:
         await ctx.refresh_chain_time()
         bid = self.make_bid(ann, price, collateral, run_seconds, min_window)
         signed = sign_bid(ctx.account, bid, chain_id=ctx.chain_id, market=ctx.market_address)
-        offer = BidOffer(ann=ann.ann_id, bid=signed.to_json(), record=ctx.record.to_json(),
+        # BidOffer takes the bid and the record as their JSON dicts too (validated into the models); the pydantic
+        # plugin types a strict model's __init__ by field type only.
+        offer = BidOffer(ann=ann.ann_id, bid=signed.to_json(), record=ctx.record.to_json(),  # type: ignore[arg-type]
                          eta_s=float(run_seconds), device=ctx.device.name)
         # Recorded before it leaves: a win must be recognised even if the node dies right after sending.
         ctx.store.add_bid(BidRow(nonce=bid.nonce, ann_id=ann.ann_id, spec_hash=ann.spec_hash.lower(),

@@ -134,7 +134,8 @@ class CollabParticipant:
         if msg.round <= self.last_round:
             return Ack(ok=True, reason="already seen")
         if self.view is not None and msg.round > self.view.rounds + 1:
-            return Ack(ok=False, code=RejectCode.STALE, reason=f"round {msg.round} beyond the job's {self.view.rounds} rounds")
+            return Ack(ok=False, code=RejectCode.STALE,
+                       reason=f"round {msg.round} beyond the job's {self.view.rounds} rounds")
         assert self.rounds is not None
         try:
             self.rounds.send_nowait(msg)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -42,9 +42,9 @@ class NodeConfig(BaseModel):
     account: str | None = None  # keystore name or address [env AGORA_ACCOUNT]
     listen: str = "/ip4/127.0.0.1/tcp/0"
     bootstrap: list[str] = Field(default_factory=list)  # [env AGORA_BOOTSTRAP, comma separated]
-    kinds: list[Kind] = Field(default_factory=lambda: list(KINDS))
+    kinds: list[Kind] = Field(default_factory=lambda: cast(list[Kind], list(KINDS)))
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    prices: dict[Kind, str] = Field(default_factory=lambda: {k: "1" for k in KINDS})
+    prices: dict[Kind, str] = Field(default_factory=lambda: cast(dict[Kind, str], {k: "1" for k in KINDS}))
     collateral: str = "10"  # tokens locked from the stake per job
     capacity: int = Field(default=1, ge=1, le=1024)  # concurrent jobs
     min_window: int = Field(default=0, ge=0)  # shortest reveal/challenge window accepted, seconds

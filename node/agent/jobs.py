@@ -190,7 +190,8 @@ class JobRunner:
                 return
             out = self.ctx.data_dir / "results" / row.job_id
             t0 = time.monotonic()
-            manifest = await trio.to_thread.run_sync(self.ctx.box.run, spec, out, abandon_on_cancel=True)
+            # abandon_on_cancel: trio has it; the stale trio-stubs of trio-typing (a libp2p dependency) lack it.
+            manifest = await trio.to_thread.run_sync(self.ctx.box.run, spec, out, abandon_on_cancel=True)  # type: ignore[call-arg]
             seconds = time.monotonic() - t0
             self.ctx.metrics.execution.observe(seconds)
         if manifest.status != "ok" or not manifest.result_hash:

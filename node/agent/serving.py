@@ -62,7 +62,8 @@ class RequestHandlers:
             return Ack(ok=ok, reason=reason[:500]).encode()
         if isinstance(msg, Nudge):  # only a hint: the job's driver re-reads the chain and trusts nothing else
             known = self.jobs.wake(msg.job_id)
-            return Ack(ok=known, code=None if known else RejectCode.UNKNOWN_JOB, reason="" if known else "unknown job").encode()
+            return Ack(ok=known, code=None if known else RejectCode.UNKNOWN_JOB,
+                       reason="" if known else "unknown job").encode()
         ok, reason = await self.jobs.claim(msg.job_id, index=msg.index)
         return Ack(ok=ok, reason=reason[:500]).encode()
 

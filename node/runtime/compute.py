@@ -84,9 +84,11 @@ def train(model: nn.Module, t: Training, x: dict[str, torch.Tensor], y: torch.Te
     frozen_encoder = getattr(model, "train_encoder", True) is False
     if frozen_encoder:
         feats = forward_chunked(model.embed, x, n)  # type: ignore[arg-type]
-        fn: Callable[[torch.Tensor], torch.Tensor] = lambda idx: model.head(feats[idx])  # type: ignore[operator]
+        def fn(idx: torch.Tensor) -> torch.Tensor:
+            return model.head(feats[idx])  # type: ignore[operator]
     else:
-        fn = lambda idx: model(**{k: v[idx] for k, v in x.items()})
+        def fn(idx: torch.Tensor) -> torch.Tensor:
+            return model(**{k: v[idx] for k, v in x.items()})
     params = [p for p in model.parameters() if p.requires_grad]
     opt = make_optimizer(t, params)
     rows = order if order is not None else np.broadcast_to(np.arange(n, dtype=np.int64), (t.epochs, n))

@@ -133,8 +133,8 @@ class MarketNet:
                     window: int = WINDOW_S, bid_window: float = 4.0, grace: float = 3.0) -> list[str]:
         argv = [sys.executable, "-m", "marketplace.cli", "job", "submit", str(self.spec), "--replicas", str(k),
                 "--max-price", max_price, "--bid-window", str(bid_window), "--run-seconds", str(run_seconds),
-                "--window", str(window), "--grace", str(grace), "--bootstrap", self.bootstrap, "--out", str(out), "--account", "alice",
-                "--json"]
+                "--window", str(window), "--grace", str(grace), "--bootstrap", self.bootstrap, "--out", str(out),
+                "--account", "alice", "--json"]
         return argv + (["--wait"] if wait else [])
 
     def requester(self, argv: list[str], name: str = "requester") -> subprocess.Popen[str]:

@@ -273,8 +273,8 @@ def test_settlement_file_is_written_before_the_state_and_outputs_in_place_count(
     def active(req: Requester, ann_id: str) -> Any:
         winner = Winner(index=0, provider=stack.providers[0].address, peer="16Uiu2gone", price=to_wei(0.5),
                          collateral=0)
-        return JobSession(req.ctx, ann_id=ann_id, job_id=os.urandom(32), spec=spec, spec_json=spec.canonical_json(), k=1,
-                       deadline=0, window=60, winners=[winner], out_dir=out, t0=time.time())
+        return JobSession(req.ctx, ann_id=ann_id, job_id=os.urandom(32), spec=spec, spec_json=spec.canonical_json(),
+                          k=1, deadline=0, window=60, winners=[winner], out_dir=out, t0=time.time())
 
     crashing = _CrashingStore(tmp_path / "requester.db")
 

@@ -862,7 +862,7 @@ class MarketMachine(RuleBasedStateMachine):
             duties = self.duties()
             t = self.m.now + 1
             margin = 10 + 2 * len(duties)
-            for due, _, kind, mj, i in duties:
+            for due, _, kind, mj, _ in duties:
                 assert due >= t, \
                     f"harness bug: honest {kind} of job {mj.id.hex()[:8]} missed (due {due}, now {t})"
             urgent = [d for d in duties if d[0] <= target + margin]
@@ -1061,9 +1061,9 @@ class MarketMachine(RuleBasedStateMachine):
         self.log.append(f"travel to {target}")
 
     # One rule picks the action, with weights: hypothesis' own choice among rules favours the first ones.
-    ACTIONS: ClassVar[dict[str, int]] = {"open_job": 14, "work": 24, "finalize": 7, "finalize_batch": 4, "accept": 5, "dispute": 12,
-               "assign": 5, "cancel": 2, "travel": 12, "stake": 3, "unstake": 4, "withdraw_stake": 3, "deposit": 3,
-               "withdraw": 5}
+    ACTIONS: ClassVar[dict[str, int]] = {"open_job": 14, "work": 24, "finalize": 7, "finalize_batch": 4, "accept": 5,
+                                         "dispute": 12, "assign": 5, "cancel": 2, "travel": 12, "stake": 3,
+                                         "unstake": 4, "withdraw_stake": 3, "deposit": 3, "withdraw": 5}
     JOB_ACTIONS: ClassVar[set[str]] = {"work", "finalize", "finalize_batch", "accept", "dispute", "assign", "cancel"}
 
     @rule(seed=st.integers(0, 2**64 - 1))

@@ -95,7 +95,8 @@ def jobs() -> dict[str, Job]:
     model = {**model, "params": {**model["params"], "train_encoder": True}}
     out["minilm/finetune/exact-f64/encoder"] = (
         parse_spec({"kind": "finetune", "model": model, "data": {"inputs": BLOB, "labels": BLOB},
-                    "training": {"optimizer": "adamw", "lr": 0.001, "batch_size": 2, "steps": 1}}), {"inputs": x, "labels": {"y": y}}, {})
+                    "training": {"optimizer": "adamw", "lr": 0.001, "batch_size": 2, "steps": 1}}),
+        {"inputs": x, "labels": {"y": y}}, {})
     return out
 
 

@@ -159,8 +159,8 @@ def make_announce(node: Node, host: Any, *, spec_hash: str, key: str = REQUESTER
     now = int(time.time() * 1000) - age_ms
     ann = Announce(chain_id=31337, market=node.market.client.deployment.market, requester=Account.from_key(key).address,
                    requester_peer=str(host.peer_id), requester_addrs=host.addrs, spec_hash=spec_hash, kind="inference",
-                   device="cpu", replicas=replicas, max_price=str(max_price), min_collateral="0", run_seconds=600, window=60,
-                   input_bytes=2048, ts_ms=now, bid_until_ms=now + 20_000, nonce="0x" + os.urandom(16).hex())
+                   device="cpu", replicas=replicas, max_price=str(max_price), min_collateral="0", run_seconds=600,
+                   window=60, input_bytes=2048, ts_ms=now, bid_until_ms=now + 20_000, nonce="0x" + os.urandom(16).hex())
     return (ann.signed(key) if sign else ann).encode()
 
 

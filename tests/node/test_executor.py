@@ -1,5 +1,5 @@
-"""node.runtime.executor / node.runtime.models: bit-identical outputs across thread counts, processes and CPU kernel sets,
-training that learns, divergence that raises, and bad inputs rejected before compute.
+"""node.runtime.executor / node.runtime.models: bit-identical outputs across thread counts, processes and CPU kernel
+sets, training that learns, divergence that raises, and bad inputs rejected before compute.
 
 The job matrix (every arch x every applicable profile) lives in `executor_jobs.py`, which also runs as a script
 in the subprocesses below and prints a sha256 per output array.
