@@ -25,7 +25,7 @@ from marketplace.deployer import deploy
 from marketplace.deployment import Deployment
 from marketplace.devchain import time_travel
 from marketplace.devstack import check_conservation
-from marketplace.eip712 import BID_TYPES, sign_bid
+from marketplace.eip712 import BID_TYPES, set_domain, sign_bid
 from marketplace.eip712 import domain as eip712_domain
 from marketplace.errors import InsufficientFundsError, TransactionRevertedError
 from marketplace.market import Market
@@ -137,6 +137,9 @@ class Stack:
                   min_window=min_window, max_deadline=max_deadline)
         cid = chain_id if chain_id is not None else self.deployment.chain_id
         where = market or self.deployment.market
+        if where.lower() != self.deployment.market.lower():  # the market's name and version, another contract
+            real = eip712_domain(self.deployment.chain_id, self.deployment.market)
+            set_domain(where, real["name"], real["version"])
         if signer_key is None:
             return sign_bid(provider.client.account, bid, chain_id=cid, market=where)
         signed = Account.sign_typed_data(signer_key, eip712_domain(cid, where), BID_TYPES, bid.as_message())
