@@ -48,10 +48,22 @@ class Outcome(enum.IntEnum):
 
 
 def to_wei(tokens: float | str) -> Wei:
-    """Whole tokens (as typed by a user, e.g. "1.5") to base units."""
-    from decimal import Decimal
+    """Whole tokens (as typed by a user, e.g. "1.5") to base units, exactly. Raises ValueError for a value that is
+    not a finite number or has more than 18 decimals (the token's smallest unit is 10^-18: rounding it away
+    would send another amount than the one typed)."""
+    from decimal import Decimal, InvalidOperation
 
-    return Wei(int(Decimal(str(tokens)) * (10**TOKEN_DECIMALS)))
+    try:
+        value = Decimal(str(tokens).strip())
+    except InvalidOperation:
+        raise ValueError(f"not an amount of tokens: {tokens!r}") from None
+    if not value.is_finite():
+        raise ValueError(f"not a finite amount of tokens: {tokens!r}")
+    wei = value.scaleb(TOKEN_DECIMALS)
+    if wei != wei.to_integral_value():
+        raise ValueError(f"{tokens} has more than {TOKEN_DECIMALS} decimals "
+                         f"(the smallest unit is 10^-{TOKEN_DECIMALS})")
+    return Wei(int(wei))
 
 
 def from_wei(amount: int) -> str:

@@ -253,6 +253,8 @@ def parse_amount(text: str) -> int:
         return to_wei(text)
     except InvalidOperation:
         raise ConfigError(f"not an amount of tokens: {text!r}") from None
+    except ValueError as err:  # not finite, or more decimals than the token has: nothing is rounded away
+        raise ConfigError(str(err)) from None
 
 
 def parse_b32(text: str, what: str) -> bytes:

@@ -51,6 +51,7 @@ def deploy_cmd(
     from marketplace.deployment import MarketParams
     from marketplace.errors import ConfigError
 
+    min_stake_wei = parse_amount(min_stake)  # before connecting: a bad amount deploys nothing
     g, settings = global_options(ctx), load_settings()
     url = g.rpc or settings.rpc_url
     w3 = connect(url)
@@ -63,7 +64,7 @@ def deploy_cmd(
         deployer = dev_accounts(1)[0]
     else:
         raise ConfigError(f"chain {w3.eth.chain_id} is not a dev chain: pass --account with a funded keystore")
-    params = MarketParams(min_stake=parse_amount(min_stake), unbonding_delay=unbonding_delay, min_run=min_run,
+    params = MarketParams(min_stake=min_stake_wei, unbonding_delay=unbonding_delay, min_run=min_run,
                           max_run=max_run, min_window=min_window, max_window=max_window)
     fund = [a.address for a in dev_accounts()] if dev and token is None else []
     with spinner("deploying") as _:

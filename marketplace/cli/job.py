@@ -108,8 +108,8 @@ def open_cmd(
     bids = load_bids(bid)
     if not bids and budget is None:
         raise ConfigError("opening without --bid needs --budget (the escrow to lock until you assign)")
-    market = global_options(ctx).market()
     escrow = sum(b.bid.price for b in bids) if bids else parse_amount(budget)  # type: ignore[arg-type]
+    market = global_options(ctx).market()
     params = JobParams(spec_hash=sh, salt=parse_b32(salt, "salt") if salt else os.urandom(32),
                        deadline=market.client.timestamp() + deadline_in, window=window,
                        replicas=len(bids) or replicas, budget=0 if bids else escrow)
@@ -316,11 +316,12 @@ def submit(
     from marketplace.spec import load_spec
 
     job_spec = load_spec(spec)
+    price, least = parse_amount(max_price), parse_amount(min_collateral)  # before anything is announced
     agora = global_options(ctx).agora(blob_dir=store)
     try:
-        outcome = agora.submit(job_spec, k=replicas, max_price=parse_amount(max_price),
+        outcome = agora.submit(job_spec, k=replicas, max_price=price,
                                bootstrap=_bootstrap(bootstrap), listen=listen, progress=None if json_out else _say,
-                               min_collateral=parse_amount(min_collateral), bid_window=bid_window, grace=grace,
+                               min_collateral=least, bid_window=bid_window, grace=grace,
                                run_seconds=run_seconds, window=window, approve=approve, wait=wait, out_dir=out)
     except NoAcceptableBidsError as err:
         if json_out:

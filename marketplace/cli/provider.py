@@ -47,8 +47,8 @@ def register(ctx: typer.Context, stake: Annotated[str, typer.Option(help="Stake 
 
     from marketplace.errors import ConfigError
 
-    market = global_options(ctx).market()
     amount = parse_amount(stake)
+    market = global_options(ctx).market()
     if peer_id.startswith("0x"):
         pid = bytes.fromhex(peer_id[2:])
     else:
@@ -69,8 +69,8 @@ def register(ctx: typer.Context, stake: Annotated[str, typer.Option(help="Stake 
 @handle_errors
 def stake(ctx: typer.Context, amount: str, approve: ApproveOpt = False) -> None:
     """Add stake."""
-    market = global_options(ctx).market()
     value = parse_amount(amount)
+    market = global_options(ctx).market()
     with spinner("waiting for receipts"):
         if approve:
             market.ensure_allowance(market.client.deployment.registry, value)
@@ -81,9 +81,10 @@ def stake(ctx: typer.Context, amount: str, approve: ApproveOpt = False) -> None:
 @handle_errors
 def unstake(ctx: typer.Context, amount: str) -> None:
     """Start unbonding free stake; withdraw it after the unbonding delay."""
+    value = parse_amount(amount)
     market = global_options(ctx).market()
     with spinner("waiting for receipt"):
-        tx_line("unstake", market.request_unstake(parse_amount(amount)))
+        tx_line("unstake", market.request_unstake(value))
 
 
 @provider_app.command("withdraw")

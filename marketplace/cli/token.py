@@ -57,38 +57,42 @@ def faucet(ctx: typer.Context, amount: Annotated[str, typer.Option(help="Tokens 
     from marketplace.config import DEV_CHAIN_IDS
     from marketplace.errors import ConfigError
 
+    value = parse_amount(amount)  # before connecting: a bad amount is refused whatever the chain's state
     market = global_options(ctx).market()
     if market.client.chain_id not in DEV_CHAIN_IDS:
         raise ConfigError(f"the faucet works on dev chains only (31337, 1337); this is chain {market.client.chain_id}")
     with spinner("waiting for receipt"):
-        tx_line("faucet", market.faucet(parse_amount(amount), to))
+        tx_line("faucet", market.faucet(value, to))
 
 
 @token_app.command("transfer")
 @handle_errors
 def transfer(ctx: typer.Context, to: str, amount: str) -> None:
     """Send tokens to an address."""
+    value = parse_amount(amount)
     market = global_options(ctx).market()
     with spinner("waiting for receipt"):
-        tx_line("transfer", market.transfer(to, parse_amount(amount)))
+        tx_line("transfer", market.transfer(to, value))
 
 
 @token_app.command("approve")
 @handle_errors
 def approve(ctx: typer.Context, spender: Annotated[str, typer.Argument(help="'market', 'registry' or an address")], amount: str) -> None:
     """Allow the market (job escrow) or the registry (stake) to pull tokens."""
+    value = parse_amount(amount)
     market = global_options(ctx).market()
     with spinner("waiting for receipt"):
-        tx_line("approve", market.approve(_spender(market, spender), parse_amount(amount)))
+        tx_line("approve", market.approve(_spender(market, spender), value))
 
 
 @token_app.command("deposit")
 @handle_errors
 def deposit(ctx: typer.Context, amount: str) -> None:
     """Move tokens into your market balance (jobs are funded from it first)."""
+    value = parse_amount(amount)
     market = global_options(ctx).market()
     with spinner("waiting for receipt"):
-        tx_line("deposit", market.deposit(parse_amount(amount)))
+        tx_line("deposit", market.deposit(value))
 
 
 @token_app.command("withdraw")
@@ -96,9 +100,10 @@ def deposit(ctx: typer.Context, amount: str) -> None:
 def withdraw(ctx: typer.Context, amount: Annotated[str | None, typer.Argument(help="Tokens (default: everything)")] = None,
              json_out: JsonOpt = False) -> None:
     """Withdraw your market balance: earnings, refunds and compensation."""
+    value = parse_amount(amount) if amount else None
     market = global_options(ctx).market()
     with spinner("waiting for receipt"):
-        result = market.withdraw(parse_amount(amount) if amount else None)
+        result = market.withdraw(value)
     if json_out:
         emit_json({"tx": result.tx_hash, "gas_used": result.gas_used})
     else:
