@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from marketplace.errors import PipelineError, SpecError
 from marketplace.models import canonical_json
 from marketplace.spec import JobSpec, parse_spec, read_document
+from marketplace.types import to_wei
 
 PIPELINE_VERSION = 1
 #: `${stage.output}`: the whole string, nothing around it.
@@ -54,6 +55,7 @@ def _tokens(v: Any) -> str:
         raise ValueError(f"not an amount of tokens: {v!r}") from None
     if not d.is_finite() or d < 0:
         raise ValueError(f"must be a non-negative amount of tokens, got {v!r}")
+    to_wei(str(v))  # ValueError for more decimals than the token has: never rounded into another amount
     return str(v)
 
 
@@ -277,8 +279,6 @@ def _load_spec_data(spec: str | dict[str, Any], base: Path | None) -> tuple[dict
 
 
 def _stage(name: str, sf: StageFile, defaults: MarketSettings, base: Path | None) -> Stage:
-    from marketplace.types import to_wei
-
     def pick(key: str) -> Any:
         own = getattr(sf, key)
         if own is not None:

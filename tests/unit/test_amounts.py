@@ -69,3 +69,14 @@ def test_a_node_config_with_a_too_precise_collateral_is_refused(tmp_path: Path) 
     cfg.write_text(f'account: prov1\nprices: {{inference: "1"}}\ncollateral: "{TOO_PRECISE}"\n')
     with pytest.raises(ConfigError, match="18 decimals"):
         load_config(cfg, env={})
+
+
+def test_a_pipeline_with_a_too_precise_budget_is_invalid(tmp_path: Path) -> None:
+    from marketplace.errors import PipelineError
+    from marketplace.pipeline import load_pipeline
+
+    f = tmp_path / "p.yaml"
+    f.write_text(f'name: p\nbudget: "{TOO_PRECISE}"\nstages:\n  a:\n    spec: missing.yaml\n')
+    with pytest.raises(PipelineError, match="budget: .*more than 18 decimals") as err:
+        load_pipeline(f)
+    assert "\n" not in str(err.value)
