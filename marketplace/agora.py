@@ -18,12 +18,11 @@ Many jobs at once, from trio code:
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from eth_account.signers.local import LocalAccount
 
@@ -45,9 +44,7 @@ def _settings(home: Path | None) -> Settings:
     settings = load_settings()
     if home is None:
         return settings
-    if dataclasses.is_dataclass(settings):
-        return dataclasses.replace(settings, home=Path(home).expanduser())
-    return settings.model_copy(update={"home": Path(home).expanduser()})  # type: ignore[attr-defined]
+    return settings.model_copy(update={"home": Path(home).expanduser()})
 
 
 def _unlock(account: str | LocalAccount | None, password: str | None, password_file: Path | None,
@@ -85,7 +82,7 @@ class Agora:
     @classmethod
     def connect(cls, rpc: str | None = None, *, account: str | LocalAccount | None = None,
                 password: str | None = None, password_file: Path | None = None, home: Path | None = None,
-                deployments: Path | None = None, blob_dir: Path | None = None) -> Agora:
+                deployments: Path | None = None, blob_dir: Path | None = None) -> Self:
         """Connect to `rpc` (default AGORA_RPC), load the deployment of its chain from `deployments` (default
         AGORA_DEPLOYMENTS) and unlock `account`: a keystore name or address under `home` (default AGORA_HOME),
         or a `LocalAccount`. The password comes from `password`, `password_file`, AGORA_PASSWORD or a prompt.
@@ -178,13 +175,8 @@ class Agora:
 
 
 class AsyncAgora(Agora):
-    """`Agora` for trio code: the same connection, with awaitable chain reads (web3 runs in worker threads)."""
-
-    @classmethod
-    def connect(cls, rpc: str | None = None, **kwargs: Any) -> AsyncAgora:  # type: ignore[override]
-        """As `Agora.connect` (connecting is one quick RPC, done before the event loop needs it)."""
-        agora = Agora.connect(rpc, **kwargs)
-        return cls(agora.client, settings=agora.settings, blob_dir=agora._blob_dir)
+    """`Agora` for trio code: the same connection (`AsyncAgora.connect(...)`; connecting is one quick RPC, done
+    before the event loop needs it), with awaitable chain reads (web3 runs in worker threads)."""
 
     async def job_async(self, job_id: str | bytes) -> JobView:
         import trio
